@@ -1,0 +1,3 @@
+"""likely: CTR ranking for "you may like" feeds."""
+
+__version__ = "0.1.0"

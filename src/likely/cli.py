@@ -1,0 +1,180 @@
+"""The `likely` command: one subcommand per step of the pipeline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from likely import __version__
+
+app = typer.Typer(
+    name="likely",
+    help="CTR ranking for 'you may like' feeds: prepare logs, train, compare, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+logger = logging.getLogger("likely")
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+@app.callback()
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log debug detail.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """likely: logs in, CTR models and a served feed out."""
+    if version:
+        out.print(__version__)
+        raise typer.Exit()
+    _setup_logging(verbose)
+
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Experiment config (YAML). Relative log paths in it are relative to "
+        "the config file.",
+    ),
+]
+
+
+@app.command()
+def prepare(
+    config: ConfigOption,
+    target_date: Annotated[
+        str | None,
+        typer.Option(
+            "--target-date",
+            "-t",
+            help="Evaluation day, YYYY-MM-DD. Training uses the data.window_days "
+            "days before it. Required when the config has data.date_column.",
+        ),
+    ] = None,
+    allow_missing_days: Annotated[
+        bool,
+        typer.Option(help="Train on a window with missing days instead of stopping."),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="Rebuild even if a cache for these inputs exists.")
+    ] = False,
+) -> None:
+    """Read logs, pick the day window, fit encoders, and cache encoded arrays.
+
+    The result is a folder under data.cache_dir named by a digest of the config,
+    the target date and the input files; `likely info FOLDER` describes it.
+    """
+    from likely.config import ConfigError, load_config
+    from likely.data.prepare import PrepareError
+    from likely.data.prepare import prepare as run_prepare
+    from likely.data.readers import LogFormatError
+    from likely.data.windows import WindowError, parse_date
+
+    try:
+        cfg = load_config(config)
+        target = parse_date(target_date) if target_date else None
+        with console.status("preparing: reading logs, fitting encoders, caching"):
+            prepared = run_prepare(
+                cfg, target, allow_missing_days=allow_missing_days, force=force
+            )
+    except (ConfigError, PrepareError, WindowError, LogFormatError) as error:
+        _fail(str(error))
+    except FileNotFoundError as error:
+        _fail(str(error))
+    _print_info(prepared.folder, prepared.manifest)
+    out.print(f"prepared: {prepared.folder}")
+
+
+def _print_info(folder: Path, manifest: dict) -> None:
+    table = Table(title=f"prepared data: {folder}")
+    for column in ("split", "rows", "clicks", "CTR", "days", "Bayes AUC"):
+        table.add_column(column, justify="right" if column != "split" else "left")
+    for name, split in manifest["splits"].items():
+        days = split["days"]
+        span = f"{days[0]} .. {days[-1]} ({len(days)})" if days else "-"
+        table.add_row(
+            name,
+            f"{split['rows']:,}",
+            f"{split['clicks']:,}",
+            f"{split['ctr']:.4f}",
+            span,
+            _bayes_auc(folder / name),
+        )
+    out.print(table)
+    tables = ", ".join(f"{g} {n:,}" for g, n in manifest["vocab_sizes"].items())
+    out.print(f"embedding tables (rows, reserved ids included): {tables}")
+    if manifest.get("target_date"):
+        out.print(
+            f"target date {manifest['target_date']}; train days "
+            f"{manifest['train_days'][0]} .. {manifest['train_days'][-1]}; "
+            f"later days for incremental updates: {len(manifest['later_days'])}"
+        )
+    out.print(
+        f"rows read {manifest['rows_read']:,}, dropped {manifest['rows_dropped']:,}"
+    )
+
+
+def _bayes_auc(split: Path) -> str:
+    """AUC of the true click probability, where the data carries it."""
+    path = split / "probability.npy"
+    if not path.is_file():
+        return "-"
+    from likely.train.metrics import roc_auc
+
+    labels = np.load(split / "label.npy", mmap_mode="r")
+    try:
+        return f"{roc_auc(np.asarray(labels), np.load(path)):.4f}"
+    except ValueError:
+        return "-"
+
+
+@app.command()
+def info(
+    folder: Annotated[
+        Path, typer.Argument(help="A prepared folder (printed by `likely prepare`).")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Describe prepared data: rows, days, CTR, vocabulary sizes, Bayes AUC."""
+    from likely.data.prepare import load_manifest
+
+    try:
+        manifest = load_manifest(folder)
+    except FileNotFoundError as error:
+        _fail(str(error))
+    if as_json:
+        out.print_json(json.dumps(manifest))
+        return
+    _print_info(folder, manifest)
+
+
+if __name__ == "__main__":
+    sys.exit(app())
+

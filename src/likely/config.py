@@ -1,0 +1,370 @@
+"""Typed experiment config, read from YAML and validated once at load.
+
+An experiment config says where the logs are and how to read them (`data`), what
+each column means (`features`), and later which model to train and how. Every
+section is a frozen pydantic model; an invalid file fails at load with the path
+of the bad field and what was expected.
+
+Example:
+    >>> cfg = ExperimentConfig.model_validate({
+    ...     "data": {"path": "logs.csv", "format": "csv", "label": "clicked"},
+    ...     "features": [
+    ...         {"name": "user_id", "kind": "sparse", "side": "user"},
+    ...         {"name": "price", "kind": "dense", "side": "item",
+    ...          "transform": "log1p"},
+    ...     ],
+    ... })
+    >>> [f.name for f in cfg.sparse_features], [f.name for f in cfg.dense_features]
+    (['user_id'], ['price'])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class ConfigError(ValueError):
+    """An experiment config that cannot be used, with where and why."""
+
+
+class Frozen(BaseModel):
+    """Base for config sections: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LogFormat(StrEnum):
+    """Layouts the readers understand."""
+
+    CSV = "csv"
+    TSV = "tsv"
+    PARQUET = "parquet"
+    CRITEO = "criteo"
+    AVAZU = "avazu"
+    LIBFM = "libfm"
+
+
+class FeatureKind(StrEnum):
+    SPARSE = "sparse"
+    DENSE = "dense"
+    SEQUENCE = "sequence"
+
+
+class Side(StrEnum):
+    """Who a feature describes; recall and serving split features by side."""
+
+    USER = "user"
+    ITEM = "item"
+    CONTEXT = "context"
+
+
+class DenseTransform(StrEnum):
+    NONE = "none"
+    LOG1P = "log1p"
+    STANDARDIZE = "standardize"
+    QUANTILE = "quantile"
+
+
+class ErrorPolicy(StrEnum):
+    """What a reader does with a malformed row: stop at it, or drop and count."""
+
+    RAISE = "raise"
+    SKIP = "skip"
+
+
+class DataConfig(Frozen):
+    """Where the logs are and how to read them.
+
+    Two layouts are supported. With `date_column`, `path` holds every day and a
+    target date picks the training window and the evaluation day. Without it,
+    `path` is the training set and `test_path`, if given, the test set.
+    """
+
+    path: Path = Field(description="log file, folder of files, or glob")
+    format: LogFormat
+    test_path: Path | None = None
+    has_header: bool = True
+    separator: str | None = Field(
+        default=None, description="field separator; default by format"
+    )
+    label: str = "label"
+    date_column: str | None = None
+    date_format: str | None = Field(
+        default=None,
+        description="strptime format of date_column when it is text, e.g. %Y-%m-%d",
+    )
+    user_column: str | None = None
+    probability_column: str | None = Field(
+        default=None, description="true click probability, where the data has one"
+    )
+    window_days: Annotated[int, Field(ge=1, le=366)] = 7
+    holdout_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    holdout_seed: int = 0
+    on_error: ErrorPolicy = ErrorPolicy.RAISE
+    cache_dir: Path = Path(".likely/cache")
+
+    @field_validator("separator")
+    @classmethod
+    def _one_character(cls, value: str | None) -> str | None:
+        if value is not None and len(value) != 1:
+            raise ValueError(f"separator must be one character, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _layout(self) -> Self:
+        if self.date_column is not None and self.test_path is not None:
+            raise ValueError(
+                "give either date_column (days in one log, split by target date) "
+                "or test_path (a separate test file), not both"
+            )
+        if self.date_format is not None and self.date_column is None:
+            raise ValueError("date_format is set but date_column is not")
+        return self
+
+
+class VocabularyConfig(Frozen):
+    """How raw values of a sparse field become ids.
+
+    With `hash_buckets` unset, a vocabulary of every value seen at least
+    `min_count` times in the training window; rarer and unseen values share one
+    out-of-vocabulary id. With `hash_buckets`, a stable hash modulo the bucket
+    count, for fields too large to count.
+    """
+
+    min_count: Annotated[int, Field(ge=1)] = 1
+    hash_buckets: Annotated[int, Field(ge=1)] | None = None
+
+
+class FeatureSpec(Frozen):
+    """One input column and how it is encoded."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    column: str | None = Field(default=None, description="source column; default name")
+    kind: FeatureKind
+    side: Side = Side.CONTEXT
+    embedding_dim: Annotated[int, Field(ge=1, le=4096)] | None = None
+    vocabulary: VocabularyConfig = VocabularyConfig()
+    embedding_group: str | None = Field(
+        default=None,
+        description="features with the same group share one vocabulary and table",
+    )
+    transform: DenseTransform = DenseTransform.NONE
+    num_buckets: Annotated[int, Field(ge=2, le=10_000)] = 32
+    max_length: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    list_separator: str = Field(
+        default="|", description="separator of a sequence stored as text"
+    )
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+    @property
+    def group(self) -> str:
+        """Name of the vocabulary and embedding table this feature uses."""
+        return self.embedding_group or self.name
+
+    @property
+    def is_categorical(self) -> bool:
+        """True where the encoded value is an id: sparse, sequence, bucketed dense."""
+        return (
+            self.kind != FeatureKind.DENSE or self.transform == DenseTransform.QUANTILE
+        )
+
+    @model_validator(mode="after")
+    def _kind_options(self) -> Self:
+        if self.kind == FeatureKind.SEQUENCE and self.max_length is None:
+            raise ValueError(f"sequence feature '{self.name}' needs max_length")
+        if self.kind != FeatureKind.SEQUENCE and self.max_length is not None:
+            raise ValueError(
+                f"max_length applies to sequence features; '{self.name}' is "
+                f"{self.kind.value}"
+            )
+        if self.kind != FeatureKind.DENSE and self.transform != DenseTransform.NONE:
+            raise ValueError(
+                f"transform applies to dense features; '{self.name}' is "
+                f"{self.kind.value}"
+            )
+        if self.kind == FeatureKind.DENSE and self.embedding_group is not None:
+            raise ValueError(f"dense feature '{self.name}' cannot share an embedding")
+        return self
+
+
+class CrossSpec(Frozen):
+    """A crossed feature for the wide part: a tuple of sparse fields, hashed."""
+
+    fields: Annotated[list[str], Field(min_length=2, max_length=4)]
+    hash_buckets: Annotated[int, Field(ge=1)] = 100_003
+
+    @property
+    def name(self) -> str:
+        return "_x_".join(self.fields)
+
+
+class ExperimentConfig(Frozen):
+    """Everything a run needs to turn logs into training batches."""
+
+    data: DataConfig
+    features: Annotated[list[FeatureSpec], Field(min_length=1)]
+    crosses: list[CrossSpec] = []
+    embedding_dim: Annotated[int, Field(ge=1, le=4096)] = 16
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        names = [f.name for f in self.features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"feature names must be unique; repeated: {duplicates}")
+        reserved = {
+            self.data.label,
+            self.data.date_column,
+            self.data.probability_column,
+        }
+        clash = sorted({f.source for f in self.features} & (reserved - {None}))
+        if clash:
+            raise ValueError(
+                f"columns {clash} are the label, date or probability column and "
+                "cannot also be features"
+            )
+        self._check_groups()
+        self._check_crosses()
+        return self
+
+    def _check_groups(self) -> None:
+        by_group: dict[str, list[FeatureSpec]] = {}
+        for feature in self.categorical_features:
+            by_group.setdefault(feature.group, []).append(feature)
+        for group, members in by_group.items():
+            if len(members) == 1:
+                continue
+            kinds = {m.kind for m in members}
+            if FeatureKind.DENSE in kinds:
+                raise ValueError(f"embedding group '{group}' mixes dense and ids")
+            policies = {m.vocabulary for m in members}
+            if len(policies) > 1:
+                raise ValueError(
+                    f"features {[m.name for m in members]} share embedding group "
+                    f"'{group}' but have different vocabulary settings"
+                )
+            dims = {self.dim_of(m) for m in members}
+            if len(dims) > 1:
+                raise ValueError(
+                    f"features {[m.name for m in members]} share embedding group "
+                    f"'{group}' but have different embedding_dim {sorted(dims)}"
+                )
+
+    def _check_crosses(self) -> None:
+        sparse = {f.name for f in self.sparse_features}
+        for cross in self.crosses:
+            unknown = [name for name in cross.fields if name not in sparse]
+            if unknown:
+                raise ValueError(
+                    f"cross {cross.fields} names {unknown}, which are not sparse "
+                    f"features; choose from: {sorted(sparse)}"
+                )
+
+    def dim_of(self, feature: FeatureSpec) -> int:
+        """Embedding width of a feature: its own, else the config default."""
+        return feature.embedding_dim or self.embedding_dim
+
+    @property
+    def sparse_features(self) -> list[FeatureSpec]:
+        """Single-id fields in column order: sparse, then quantile-bucketed dense."""
+        plain = [f for f in self.features if f.kind == FeatureKind.SPARSE]
+        bucketed = [
+            f
+            for f in self.features
+            if f.kind == FeatureKind.DENSE and f.transform == DenseTransform.QUANTILE
+        ]
+        return plain + bucketed
+
+    @property
+    def dense_features(self) -> list[FeatureSpec]:
+        """Real-valued fields that stay real (every dense but quantile-bucketed)."""
+        return [
+            f
+            for f in self.features
+            if f.kind == FeatureKind.DENSE and f.transform != DenseTransform.QUANTILE
+        ]
+
+    @property
+    def sequence_features(self) -> list[FeatureSpec]:
+        return [f for f in self.features if f.kind == FeatureKind.SEQUENCE]
+
+    @property
+    def categorical_features(self) -> list[FeatureSpec]:
+        """Every feature that is encoded to ids: sparse, bucketed dense, sequence."""
+        return self.sparse_features + self.sequence_features
+
+    def fingerprint(self) -> str:
+        """Short stable digest of what affects encoding (not the cache location)."""
+        payload = self.model_dump(mode="json")
+        payload["data"].pop("cache_dir", None)
+        text = json.dumps(payload, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _format_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        got = item.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        lines.append(f"  {where}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment config from YAML.
+
+    Relative log paths are taken relative to the config file's folder, so a
+    config works from any working directory; `cache_dir` stays relative to the
+    working directory, where the run's outputs go.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or fails validation; the
+            message lists each bad field by its path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw: Any = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top, got {type(raw)}")
+    return parse_config(raw, base_dir=path.parent, origin=str(path))
+
+
+def parse_config(
+    raw: dict[str, Any], base_dir: Path = Path("."), origin: str = "config"
+) -> ExperimentConfig:
+    """Validate a config given as a dict; see `load_config`."""
+    try:
+        config = ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{origin} is invalid:\n{_format_errors(error)}") from None
+    data = config.data
+    updates: dict[str, Path] = {}
+    for key in ("path", "test_path"):
+        value = getattr(data, key)
+        if value is not None and not value.is_absolute():
+            updates[key] = (base_dir / value).resolve()
+    return config.model_copy(update={"data": data.model_copy(update=updates)})

@@ -1,0 +1,573 @@
+"""Encoders: raw columns to id and float arrays, fitted once, saved with the model.
+
+Ids of every categorical table share one layout:
+
+    0 padding (sequence slots with no item; its embedding row stays zero)
+    1 out of vocabulary (values too rare at fit time, or never seen)
+    2 missing (a null in the log)
+    3.. known values, in the order they were first fitted
+
+`extend` appends new values after the existing ones, so an id never moves and
+incremental training can grow an embedding table by appending rows. Hashed
+fields use a stable 64-bit hash of the value (the same in every process and on
+every machine, unlike Python's salted `hash`).
+
+Every transform is vectorised: polars `replace_strict` (a hash join) for
+vocabularies, numpy for hashes and bucket boundaries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from likely.config import (
+    DenseTransform,
+    ExperimentConfig,
+    FeatureKind,
+    FeatureSpec,
+)
+
+logger = logging.getLogger(__name__)
+
+PAD, OOV, MISSING, FIRST_ID = 0, 1, 2, 3
+ENCODERS_VERSION = 1
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: spreads nearby integers over all 64 bits."""
+    x = x.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def stable_hash(values: pl.Series) -> np.ndarray:
+    """64-bit hash of each value, identical across processes and machines.
+
+    Integers are mixed with splitmix64; text is FNV-1a over its UTF-8 bytes, then
+    mixed. Nulls hash to 0 (callers map them to the missing id first).
+
+    >>> int(stable_hash(pl.Series(["a"]))[0]) == int(stable_hash(pl.Series(["a"]))[0])
+    True
+    """
+    if values.dtype.is_integer():
+        return _mix64(values.fill_null(0).to_numpy().astype(np.int64).view(np.uint64))
+    text = values.cast(pl.String).fill_null("")
+    array = text.to_arrow()
+    if hasattr(array, "combine_chunks"):
+        array = array.combine_chunks()
+    array = array.cast("large_string")
+    _, offsets_buffer, data_buffer = array.buffers()
+    n = len(array)
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[
+        array.offset : array.offset + n + 1
+    ]
+    data = (
+        np.frombuffer(data_buffer, dtype=np.uint8)
+        if data_buffer is not None
+        else np.zeros(0, np.uint8)
+    )
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    hashes = np.full(n, _FNV_OFFSET, dtype=np.uint64)
+    longest = int(lengths.max()) if n else 0
+    with np.errstate(over="ignore"):
+        for position in range(longest):
+            rows = np.flatnonzero(lengths > position)
+            byte = data[starts[rows] + position].astype(np.uint64)
+            hashes[rows] = (hashes[rows] ^ byte) * _FNV_PRIME
+    return _mix64(hashes)
+
+
+def _as_keys(values: pl.Series, kind: Literal["int", "str"]) -> pl.Series:
+    """Values in the key type of a vocabulary; unparseable ints become OOV later."""
+    if kind == "int":
+        if values.dtype.is_integer():
+            return values.cast(pl.Int64)
+        return values.cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
+    return values.cast(pl.String)
+
+
+def _key_kind(values: pl.Series) -> Literal["int", "str"]:
+    """Integer keys where every present value is an integer (faster to join)."""
+    if values.dtype.is_integer():
+        return "int"
+    if values.dtype == pl.String:
+        present = values.drop_nulls()
+        parsed = present.str.strip_chars().cast(pl.Int64, strict=False)
+        if parsed.null_count() == 0 and len(present):
+            # "007" and "7" would collide as integers; keep text when it round-trips
+            # differently.
+            if (parsed.cast(pl.String) == present.str.strip_chars()).all():
+                return "int"
+    return "str"
+
+
+@dataclass
+class Vocabulary:
+    """Value -> id for one embedding group, by count at fit time.
+
+    Values seen fewer than `min_count` times map to the OOV id; the counts kept
+    are those of the fitted batches, which `likely info` and the popularity
+    fall-back of recall read.
+    """
+
+    min_count: int
+    kind: Literal["int", "str"] = "int"
+    keys: pl.Series | None = None
+    counts: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        """Rows the embedding table needs, the reserved ids included."""
+        return FIRST_ID + (0 if self.keys is None else len(self.keys))
+
+    def fit(self, values: pl.Series) -> Vocabulary:
+        self.kind = _key_kind(values)
+        self.keys, self.counts = None, None
+        return self.extend(values)
+
+    def extend(self, values: pl.Series) -> Vocabulary:
+        """Append values not yet known; existing ids keep their place."""
+        if self.keys is None and len(values):
+            self.kind = _key_kind(values)
+        keys = _as_keys(values, self.kind).drop_nulls()
+        counted = (
+            keys.rename("key")
+            .to_frame()
+            .group_by("key")
+            .len()
+            .filter(pl.col("len") >= self.min_count)
+            .sort(["len", "key"], descending=[True, False])
+        )
+        if self.keys is None:
+            self.keys = counted["key"]
+            self.counts = counted["len"].to_numpy().astype(np.int64)
+            return self
+        known = pl.DataFrame({"key": self.keys})
+        new = counted.join(known, on="key", how="anti").sort(
+            ["len", "key"], descending=[True, False]
+        )
+        seen = counted.join(known.with_row_index("id"), on="key", how="inner").select(
+            "id", "len"
+        )
+        counts = self.counts.copy()
+        np.add.at(counts, seen["id"].to_numpy(), seen["len"].to_numpy())
+        self.keys = pl.concat([self.keys, new["key"]])
+        self.counts = np.concatenate([counts, new["len"].to_numpy().astype(np.int64)])
+        return self
+
+    def transform(self, values: pl.Series) -> np.ndarray:
+        """Ids `(N,)` int32: known values, OOV for unknown, MISSING for null."""
+        if self.keys is None:
+            raise RuntimeError("vocabulary used before fit")
+        keys = _as_keys(values, self.kind)
+        ids = keys.replace_strict(
+            self.keys,
+            pl.int_range(FIRST_ID, self.size, dtype=pl.Int32, eager=True),
+            default=OOV,
+            return_dtype=pl.Int32,
+        )
+        ids = pl.select(
+            pl.when(values.is_null()).then(MISSING).otherwise(ids).cast(pl.Int32)
+        ).to_series()
+        return ids.to_numpy()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "vocabulary",
+            "min_count": self.min_count,
+            "kind": self.kind,
+            "keys": [] if self.keys is None else self.keys.to_list(),
+            "counts": [] if self.counts is None else self.counts.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, blob: dict[str, Any]) -> Vocabulary:
+        dtype = pl.Int64 if blob["kind"] == "int" else pl.String
+        return cls(
+            min_count=int(blob["min_count"]),
+            kind=blob["kind"],
+            keys=pl.Series("key", blob["keys"], dtype=dtype),
+            counts=np.asarray(blob["counts"], dtype=np.int64),
+        )
+
+
+@dataclass
+class HashBuckets:
+    """Value -> FIRST_ID + stable_hash(value) mod buckets, for huge fields."""
+
+    buckets: int
+
+    @property
+    def size(self) -> int:
+        return FIRST_ID + self.buckets
+
+    def fit(self, values: pl.Series) -> HashBuckets:
+        return self
+
+    def extend(self, values: pl.Series) -> HashBuckets:
+        return self
+
+    def transform(self, values: pl.Series) -> np.ndarray:
+        ids = FIRST_ID + (stable_hash(values) % np.uint64(self.buckets)).astype(
+            np.int64
+        )
+        ids[values.is_null().to_numpy()] = MISSING
+        return ids.astype(np.int32)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "hash", "buckets": self.buckets}
+
+    @classmethod
+    def from_json(cls, blob: dict[str, Any]) -> HashBuckets:
+        return cls(int(blob["buckets"]))
+
+
+@dataclass
+class DenseScaler:
+    """A dense column to float32: log1p, standardize, or as is; nulls become 0.
+
+    `log1p` is signed (sign(x) * log1p(|x|)) so counts of -1, as in Criteo, stay
+    finite. `standardize` subtracts the fitted mean and divides by the fitted
+    standard deviation, so a null (set to 0 after scaling) means "average".
+    """
+
+    transform_name: DenseTransform
+    mean: float = 0.0
+    std: float = 1.0
+
+    def _scaled(self, values: pl.Series) -> np.ndarray:
+        x = values.cast(pl.Float64).to_numpy()
+        if self.transform_name == DenseTransform.LOG1P:
+            x = np.sign(x) * np.log1p(np.abs(x))
+        return x
+
+    def fit(self, values: pl.Series) -> DenseScaler:
+        if self.transform_name == DenseTransform.STANDARDIZE:
+            x = self._scaled(values)
+            finite = x[np.isfinite(x)]
+            self.mean = float(finite.mean()) if finite.size else 0.0
+            std = float(finite.std()) if finite.size else 1.0
+            self.std = std if std > 0 else 1.0
+        return self
+
+    def transform(self, values: pl.Series) -> np.ndarray:
+        x = self._scaled(values)
+        if self.transform_name == DenseTransform.STANDARDIZE:
+            x = (x - self.mean) / self.std
+        return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "dense",
+            "transform": self.transform_name.value,
+            "mean": self.mean,
+            "std": self.std,
+        }
+
+    @classmethod
+    def from_json(cls, blob: dict[str, Any]) -> DenseScaler:
+        return cls(DenseTransform(blob["transform"]), blob["mean"], blob["std"])
+
+
+@dataclass
+class QuantileBuckets:
+    """A dense column to a bucket id, by quantile boundaries fitted on the window."""
+
+    num_buckets: int
+    boundaries: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        edges = 0 if self.boundaries is None else len(self.boundaries)
+        return FIRST_ID + edges + 1
+
+    def fit(self, values: pl.Series) -> QuantileBuckets:
+        x = values.cast(pl.Float64).drop_nulls().drop_nans().to_numpy()
+        if x.size == 0:
+            self.boundaries = np.zeros(0)
+            return self
+        inner = np.linspace(0, 1, self.num_buckets + 1)[1:-1]
+        self.boundaries = np.unique(np.quantile(x, inner))
+        return self
+
+    def extend(self, values: pl.Series) -> QuantileBuckets:
+        # Boundaries stay fixed: moving them would change what every id means.
+        return self
+
+    def transform(self, values: pl.Series) -> np.ndarray:
+        if self.boundaries is None:
+            raise RuntimeError("quantile buckets used before fit")
+        x = values.cast(pl.Float64).to_numpy()
+        ids = FIRST_ID + np.searchsorted(self.boundaries, x, side="right")
+        ids[np.isnan(x)] = MISSING
+        return ids.astype(np.int32)
+
+    def to_json(self) -> dict[str, Any]:
+        edges = [] if self.boundaries is None else self.boundaries.tolist()
+        return {
+            "type": "quantile",
+            "num_buckets": self.num_buckets,
+            "boundaries": edges,
+        }
+
+    @classmethod
+    def from_json(cls, blob: dict[str, Any]) -> QuantileBuckets:
+        return cls(int(blob["num_buckets"]), np.asarray(blob["boundaries"], float))
+
+
+IdEncoder = Vocabulary | HashBuckets | QuantileBuckets
+_ID_ENCODERS: dict[str, Any] = {
+    "vocabulary": Vocabulary,
+    "hash": HashBuckets,
+    "quantile": QuantileBuckets,
+}
+
+
+@dataclass
+class EncodedColumns:
+    """One split's arrays; every array has the same first dimension N."""
+
+    sparse: np.ndarray  # (N, F) int32
+    dense: np.ndarray  # (N, F_dense) float32
+    sequence: np.ndarray  # (N, S, L) int32, padded with 0
+    cross: np.ndarray  # (N, C) int32, hashed crossed ids for the wide part
+    label: np.ndarray  # (N,) float32
+    user: np.ndarray  # (N,) int64, stable user key for grouped metrics
+    day: np.ndarray  # (N,) int32, days since 1970-01-01; -1 where undated
+    probability: np.ndarray | None = None  # (N,) float32, true click probability
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+def _flatten_sequence(values: pl.Series, separator: str, max_length: int):
+    """Sequence column -> (lengths (N,), flat values) keeping the last L items."""
+    if values.dtype == pl.String:
+        values = values.str.split(separator).list.eval(
+            pl.element().filter(pl.element().str.len_bytes() > 0)
+        )
+    elif not isinstance(values.dtype, pl.List | pl.Array):
+        raise TypeError(
+            f"sequence column '{values.name}' must be a list or text with "
+            f"'{separator}' between items, got {values.dtype}"
+        )
+    values = values.cast(pl.List(values.dtype.inner)).fill_null([])
+    tail = values.list.tail(max_length)
+    lengths = tail.list.len().to_numpy().astype(np.int64)
+    return lengths, tail.explode(empty_as_null=False).drop_nulls()
+
+
+class FeatureEncoders:
+    """Every encoder of an experiment, fitted together and saved as one JSON.
+
+    Example:
+        >>> from likely.config import parse_config
+        >>> config = parse_config({
+        ...     "data": {"path": "x.csv", "format": "csv"},
+        ...     "features": [{"name": "item", "kind": "sparse"}],
+        ... })
+        >>> frame = pl.DataFrame({"item": ["a", "b", "a"], "label": [1, 0, 0]})
+        >>> encoders = FeatureEncoders(config).fit(frame)
+        >>> encoders.transform(frame).sparse[:, 0].tolist()
+        [3, 4, 3]
+    """
+
+    def __init__(self, config: ExperimentConfig):
+        self.config = config
+        self.tables: dict[str, IdEncoder] = {}
+        self.scalers: dict[str, DenseScaler] = {}
+        for feature in config.categorical_features:
+            if feature.group in self.tables:
+                continue
+            self.tables[feature.group] = self._new_id_encoder(feature)
+        for feature in config.dense_features:
+            self.scalers[feature.name] = DenseScaler(feature.transform)
+
+    @staticmethod
+    def _new_id_encoder(feature: FeatureSpec) -> IdEncoder:
+        if feature.kind == FeatureKind.DENSE:
+            return QuantileBuckets(feature.num_buckets)
+        if feature.vocabulary.hash_buckets is not None:
+            return HashBuckets(feature.vocabulary.hash_buckets)
+        return Vocabulary(feature.vocabulary.min_count)
+
+    def _group_values(self, frame: pl.DataFrame, group: str) -> pl.Series:
+        """Every value of every column in a group (sequences flattened)."""
+        parts = []
+        for feature in self.config.categorical_features:
+            if feature.group != group:
+                continue
+            column = frame[feature.source]
+            if feature.kind == FeatureKind.SEQUENCE:
+                _, column = _flatten_sequence(
+                    column, feature.list_separator, feature.max_length or 1
+                )
+            parts.append(column)
+        if len(parts) == 1:
+            return parts[0]
+        if len({p.dtype for p in parts}) > 1:
+            parts = [p.cast(pl.String) for p in parts]
+        return pl.concat([p.rename("value") for p in parts])
+
+    def fit(self, frame: pl.DataFrame) -> FeatureEncoders:
+        """Fit every encoder on a training frame (as returned by the readers)."""
+        for group, encoder in self.tables.items():
+            encoder.fit(self._group_values(frame, group))
+        for name, scaler in self.scalers.items():
+            scaler.fit(frame[self._feature(name).source])
+        self._log_sizes("fitted")
+        return self
+
+    def extend(self, frame: pl.DataFrame) -> FeatureEncoders:
+        """Add the new values of a later batch; known ids and scalers stay fixed."""
+        before = self.vocab_sizes()
+        for group, encoder in self.tables.items():
+            encoder.extend(self._group_values(frame, group))
+        grown = {
+            group: size - before[group]
+            for group, size in self.vocab_sizes().items()
+            if size != before[group]
+        }
+        logger.info("extended vocabularies, new ids per table: %s", grown or "none")
+        return self
+
+    def _feature(self, name: str) -> FeatureSpec:
+        return next(f for f in self.config.features if f.name == name)
+
+    def _log_sizes(self, verb: str) -> None:
+        for group, size in self.vocab_sizes().items():
+            logger.info("%s table '%s': %d ids", verb, group, size)
+
+    def vocab_sizes(self) -> dict[str, int]:
+        """Rows per embedding table, reserved ids included."""
+        return {group: encoder.size for group, encoder in self.tables.items()}
+
+    def transform(self, frame: pl.DataFrame) -> EncodedColumns:
+        """Encode a frame with the fitted encoders; unknown values get OOV."""
+        config, data = self.config, self.config.data
+        n = frame.height
+        sparse = np.zeros((n, len(config.sparse_features)), dtype=np.int32)
+        for j, feature in enumerate(config.sparse_features):
+            sparse[:, j] = self.tables[feature.group].transform(frame[feature.source])
+        dense = np.zeros((n, len(config.dense_features)), dtype=np.float32)
+        for j, feature in enumerate(config.dense_features):
+            dense[:, j] = self.scalers[feature.name].transform(frame[feature.source])
+        sequence = self._sequences(frame)
+        cross = self._crosses(sparse)
+        label = frame[data.label].cast(pl.Float32).to_numpy()
+        user = (
+            stable_hash(frame[data.user_column]).view(np.int64)
+            if data.user_column
+            else np.zeros(n, dtype=np.int64)
+        )
+        if data.date_column:
+            day = frame[data.date_column].cast(pl.Int32).to_numpy()
+        else:
+            day = np.full(n, -1, dtype=np.int32)
+        probability = (
+            frame[data.probability_column].cast(pl.Float32).to_numpy()
+            if data.probability_column
+            else None
+        )
+        return EncodedColumns(
+            sparse,
+            dense,
+            sequence,
+            cross,
+            label,
+            user,
+            day.astype(np.int32),
+            probability,
+        )
+
+    def _sequences(self, frame: pl.DataFrame) -> np.ndarray:
+        features = self.config.sequence_features
+        longest = max((f.max_length or 1 for f in features), default=1)
+        out = np.zeros((frame.height, len(features), longest), dtype=np.int32)
+        for s, feature in enumerate(features):
+            lengths, flat = _flatten_sequence(
+                frame[feature.source], feature.list_separator, feature.max_length or 1
+            )
+            ids = self.tables[feature.group].transform(flat)
+            rows = np.repeat(np.arange(frame.height), lengths)
+            starts = np.cumsum(lengths) - lengths
+            slots = np.arange(len(ids)) - np.repeat(starts, lengths)
+            out[rows, s, slots] = ids
+        return out
+
+    def _crosses(self, sparse: np.ndarray) -> np.ndarray:
+        """Hash of the member fields' ids, so a cross needs no vocabulary of its own."""
+        position = {f.name: j for j, f in enumerate(self.config.sparse_features)}
+        out = np.zeros((len(sparse), len(self.config.crosses)), dtype=np.int32)
+        for c, cross in enumerate(self.config.crosses):
+            mixed = np.full(len(sparse), _FNV_OFFSET, dtype=np.uint64)
+            with np.errstate(over="ignore"):
+                for name in cross.fields:
+                    ids = sparse[:, position[name]].astype(np.uint64)
+                    mixed = _mix64(mixed ^ ids) * _FNV_PRIME
+            out[:, c] = FIRST_ID + (_mix64(mixed) % np.uint64(cross.hash_buckets))
+        return out
+
+    def cross_sizes(self) -> list[int]:
+        return [FIRST_ID + cross.hash_buckets for cross in self.config.crosses]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": ENCODERS_VERSION,
+            "config_fingerprint": self.config.fingerprint(),
+            "tables": {group: enc.to_json() for group, enc in self.tables.items()},
+            "scalers": {name: s.to_json() for name, s in self.scalers.items()},
+        }
+
+    def save(self, path: Path) -> None:
+        """Write as JSON, via a temporary file renamed into place."""
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_json()))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, config: ExperimentConfig) -> FeatureEncoders:
+        return cls.from_json(json.loads(Path(path).read_text()), config, origin=path)
+
+    @classmethod
+    def from_json(
+        cls, blob: dict[str, Any], config: ExperimentConfig, origin: object = "encoders"
+    ) -> FeatureEncoders:
+        if blob.get("version") != ENCODERS_VERSION:
+            raise ValueError(
+                f"{origin}: encoders version {blob.get('version')!r}, "
+                f"expected {ENCODERS_VERSION}"
+            )
+        encoders = cls(config)
+        if set(blob["tables"]) != set(encoders.tables):
+            raise ValueError(
+                f"{origin}: tables {sorted(blob['tables'])} do not match the config's "
+                f"{sorted(encoders.tables)}"
+            )
+        for group, table in blob["tables"].items():
+            encoders.tables[group] = _ID_ENCODERS[table["type"]].from_json(table)
+        for name, scaler in blob["scalers"].items():
+            encoders.scalers[name] = DenseScaler.from_json(scaler)
+        return encoders
+
+
+def sparse_table_names(config: ExperimentConfig) -> list[str]:
+    """Table (group) of each sparse field, in column order of `sparse`."""
+    return [f.group for f in config.sparse_features]

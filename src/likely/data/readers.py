@@ -1,0 +1,439 @@
+"""Readers: impression logs in, validated polars frames out.
+
+Every reader returns the same thing, a `ReadResult` whose frame holds the label
+(Int8, 0/1), the day (Date, where the logs have one) and the raw feature
+columns the config asks for. Rows are parsed by polars; nothing here loops over
+rows in Python.
+
+Malformed input (a wrong number of fields, a non-number in a numeric column, a
+label other than 0/1, a date that does not parse, an empty file) raises
+`LogFormatError` naming the file, line and column, unless the policy is `skip`:
+then bad rows are dropped and counted, and the count is logged by reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from likely.config import DataConfig, ErrorPolicy, ExperimentConfig, LogFormat
+
+logger = logging.getLogger(__name__)
+
+CRITEO_COLUMNS = (
+    ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+)
+DAY = "day"
+LINE = "__line"  # 1-based line of a row in its file; dropped before returning
+
+
+class LogFormatError(ValueError):
+    """A log file that cannot be read as configured, with where it went wrong."""
+
+    def __init__(self, path: Path, line: int | None, column: str | None, what: str):
+        self.path, self.line, self.column = path, line, column
+        where = str(path)
+        if line is not None:
+            where += f", line {line}"
+        if column is not None:
+            where += f", column '{column}'"
+        super().__init__(f"{where}: {what}")
+
+
+@dataclass
+class ReadResult:
+    """A validated frame and what was dropped on the way."""
+
+    frame: pl.DataFrame
+    files: list[Path]
+    rows_read: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def rows_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+
+@dataclass(frozen=True)
+class ColumnRoles:
+    """Which raw columns a config needs, and how each must parse."""
+
+    label: str
+    date: str | None
+    date_format: str | None
+    numeric: tuple[str, ...]  # dense features and the true probability
+    keep: tuple[str, ...]  # every other column to return as read
+
+    @classmethod
+    def from_config(cls, config: ExperimentConfig) -> ColumnRoles:
+        data = config.data
+        numeric = [f.source for f in config.features if f.kind == "dense"]
+        if data.probability_column:
+            numeric.append(data.probability_column)
+        keep = [f.source for f in config.features if f.kind != "dense"]
+        if data.user_column and data.user_column not in keep:
+            keep.append(data.user_column)
+        keep = [c for c in dict.fromkeys(keep) if c not in numeric]
+        return cls(
+            label=data.label,
+            date=data.date_column,
+            date_format=data.date_format,
+            numeric=tuple(dict.fromkeys(numeric)),
+            keep=tuple(keep),
+        )
+
+    @property
+    def columns(self) -> list[str]:
+        named = [self.label, *self.numeric, *self.keep]
+        if self.date is not None:
+            named.append(self.date)
+        return list(dict.fromkeys(named))
+
+
+def list_files(path: Path, log_format: LogFormat) -> list[Path]:
+    """Files behind a config path: the file itself, a folder's files, or a glob."""
+    if any(ch in str(path) for ch in "*?["):
+        files = sorted(Path(p) for p in _glob(path))
+    elif path.is_dir():
+        pattern = "*.parquet" if log_format == LogFormat.PARQUET else "*"
+        files = sorted(
+            p for p in path.rglob(pattern) if p.is_file() and not _hidden(p, path)
+        )
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(f"no log file or folder at {path}")
+    if not files:
+        raise FileNotFoundError(f"no {log_format.value} files found under {path}")
+    return files
+
+
+def _glob(path: Path) -> list[str]:
+    import glob
+
+    return glob.glob(str(path), recursive=True)
+
+
+def _hidden(file: Path, root: Path) -> bool:
+    return any(part.startswith((".", "_")) for part in file.relative_to(root).parts)
+
+
+def read_logs(
+    data: DataConfig,
+    roles: ColumnRoles,
+    path: Path | None = None,
+    files: list[Path] | None = None,
+) -> ReadResult:
+    """Read and validate every file under `path` (default `data.path`).
+
+    `files` limits the read to some of those files (a window's days); partition
+    values in their folder names are still taken relative to `path`.
+    """
+    root = path or data.path
+    files = files if files is not None else list_files(root, data.format)
+    results = [read_file(file, data, roles, root=root) for file in files]
+    frames = [r.frame for r in results if r.frame.height]
+    frame = pl.concat(frames, how="vertical_relaxed") if frames else results[0].frame
+    dropped: Counter[str] = Counter()
+    for r in results:
+        dropped.update(r.dropped)
+    result = ReadResult(frame, files, sum(r.rows_read for r in results), dropped)
+    _log_result(root, result)
+    return result
+
+
+def _log_result(root: Path, result: ReadResult) -> None:
+    logger.info(
+        "read %d rows from %d file(s) under %s; kept %d, dropped %d",
+        result.rows_read,
+        len(result.files),
+        root,
+        result.frame.height,
+        result.rows_dropped,
+    )
+    for reason, count in sorted(result.dropped.items()):
+        logger.warning("dropped %d row(s): %s", count, reason)
+
+
+def read_file(
+    file: Path, data: DataConfig, roles: ColumnRoles, root: Path | None = None
+) -> ReadResult:
+    """Read and validate one file; see the module docstring for the rules."""
+    if file.stat().st_size == 0:
+        raise LogFormatError(file, None, None, "the file is empty")
+    if data.format == LogFormat.PARQUET:
+        frame, header_lines, dropped = _parquet(file, root), 0, Counter()
+    elif data.format == LogFormat.LIBFM:
+        frame, header_lines, dropped = _libfm(file, data), 0, Counter()
+    else:
+        frame, header_lines, dropped = _delimited(file, data)
+    if frame.height == 0:
+        raise LogFormatError(file, None, None, "the file has no data rows")
+    rows_read = frame.height + sum(dropped.values())
+    if LINE not in frame.columns:
+        frame = frame.with_row_index(LINE, offset=header_lines + 1)
+    if data.format == LogFormat.AVAZU:
+        frame = _avazu_day(frame)
+    missing = [c for c in roles.columns if c not in frame.columns]
+    if missing:
+        raise LogFormatError(
+            file,
+            None,
+            None,
+            f"missing column(s) {missing}; the file has {_shown(frame.columns)}",
+        )
+    frame = frame.select(LINE, *roles.columns)
+    frame, bad = _validate(file, frame, roles, data.on_error)
+    dropped.update(bad)
+    return ReadResult(frame.drop(LINE), [file], rows_read, dropped)
+
+
+def _shown(columns: list[str], limit: int = 12) -> str:
+    shown = [c for c in columns if c != LINE]
+    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    return f"{shown[:limit]}{more}"
+
+
+def _parquet(file: Path, root: Path | None) -> pl.DataFrame:
+    hive = root is not None and root.is_dir()
+    try:
+        frame = pl.read_parquet(file, hive_partitioning=False)
+    except Exception as error:  # polars raises several types for corrupt files
+        raise LogFormatError(file, None, None, f"not a readable Parquet file: {error}")
+    if hive:
+        # Day-partitioned folders (`day=2026-11-01/part-0.parquet`, as Spark and
+        # Flink write them) carry the partition values in the path.
+        for part in file.relative_to(root).parts[:-1]:
+            key, sep, value = part.partition("=")
+            if sep and key not in frame.columns:
+                frame = frame.with_columns(pl.lit(value).alias(key))
+    return frame
+
+
+def _separator(data: DataConfig) -> str:
+    if data.separator is not None:
+        return data.separator
+    if data.format in (LogFormat.TSV, LogFormat.CRITEO):
+        return "\t"
+    return ","
+
+
+def _delimited(file: Path, data: DataConfig) -> tuple[pl.DataFrame, int, Counter]:
+    """CSV-like text: check each line's field count, then parse as text."""
+    separator = _separator(data)
+    has_header = data.has_header and data.format != LogFormat.CRITEO
+    if data.format == LogFormat.CRITEO and data.has_header:
+        # Raw Criteo files have no header; a converted copy may. Honour the config.
+        has_header = True
+    names = CRITEO_COLUMNS if data.format == LogFormat.CRITEO else None
+    lines = _field_counts(file, separator)
+    header_lines = 1 if has_header else 0
+    if has_header:
+        if lines.height == 0 or lines["fields"][0] is None:
+            raise LogFormatError(file, 1, None, "expected a header line")
+        expected = int(lines["fields"][0])
+    elif names is not None:
+        expected = len(names)
+    else:
+        raise LogFormatError(
+            file, None, None, "has_header is false; only criteo has known column names"
+        )
+    body = lines.slice(header_lines).with_row_index(LINE, offset=header_lines + 1)
+    blank = body.filter(pl.col("fields").is_null())
+    ragged = body.filter(
+        pl.col("fields").is_not_null() & (pl.col("fields") != expected)
+    )
+    dropped: Counter[str] = Counter()
+    if ragged.height and data.on_error == ErrorPolicy.RAISE:
+        line, got = ragged.row(0)[0], ragged.row(0)[1]
+        raise LogFormatError(
+            file, line, None, f"expected {expected} fields, found {got}"
+        )
+    if ragged.height:
+        dropped[f"expected {expected} fields"] += ragged.height
+    frame = pl.read_csv(
+        file,
+        separator=separator,
+        has_header=has_header,
+        new_columns=names,
+        infer_schema=False,
+        truncate_ragged_lines=True,
+        quote_char=None,
+    ).with_row_index(LINE, offset=header_lines + 1)
+    frame = frame.with_columns(pl.col(LINE).cast(pl.Int64))
+    skip = pl.concat([blank[LINE], ragged[LINE]]).cast(pl.Int64)
+    if skip.len():
+        frame = frame.filter(~pl.col(LINE).is_in(skip.implode()))
+    if blank.height:
+        logger.info("%s: ignored %d blank line(s)", file, blank.height)
+    return frame, header_lines, dropped
+
+
+def _field_counts(file: Path, separator: str) -> pl.DataFrame:
+    """Number of fields on each line (null for a blank line), one pass in polars.
+
+    Quoting is not interpreted: a separator inside a quoted field counts, so
+    quoted CSV with embedded separators must be converted (or read as Parquet).
+    """
+    lines = pl.read_csv(
+        file,
+        separator="\x1f",
+        has_header=False,
+        quote_char=None,
+        new_columns=["line"],
+        schema_overrides={"line": pl.String},
+    )
+    counts = pl.col("line").str.count_matches(separator, literal=True) + 1
+    return lines.select(
+        pl.when(pl.col("line").str.strip_chars("\r").str.len_bytes() > 0)
+        .then(counts)
+        .alias("fields")
+    )
+
+
+def _avazu_day(frame: pl.DataFrame) -> pl.DataFrame:
+    """Avazu's `hour` is YYMMDDHH: derive `day` (Date) and `hour_of_day`."""
+    if "hour" not in frame.columns:
+        return frame
+    hour = pl.col("hour").cast(pl.String)
+    return frame.with_columns(
+        hour.str.slice(0, 6).str.to_date("%y%m%d", strict=False).alias(DAY),
+        hour.str.slice(6, 2).cast(pl.Int8, strict=False).alias("hour_of_day"),
+    )
+
+
+def _libfm(file: Path, data: DataConfig) -> pl.DataFrame:
+    """libFM / libSVM: `label idx:val idx:val ...`, separated by spaces.
+
+    Pair i becomes columns `c{i}` (its index, Int64) and `v{i}` (its value); a
+    row with fewer pairs than the longest has nulls in the missing positions.
+    """
+    lines = pl.read_csv(
+        file,
+        separator="\x1f",
+        has_header=False,
+        quote_char=None,
+        new_columns=["line"],
+        schema_overrides={"line": pl.String},
+    ).with_row_index(LINE, offset=1)
+    lines = lines.filter(pl.col("line").str.strip_chars().str.len_bytes() > 0)
+    tokens = lines.select(
+        LINE, pl.col("line").str.strip_chars().str.split(data.separator or " ")
+    )
+    width = int(tokens["line"].list.len().max() or 1)
+    columns = [pl.col(LINE), pl.col("line").list.get(0).alias("label")]
+    for i in range(width - 1):
+        pair = pl.col("line").list.get(i + 1, null_on_oob=True)
+        columns += [
+            pair.str.split_exact(":", 1).struct.field("field_0").alias(f"c{i}"),
+            pair.str.split_exact(":", 1).struct.field("field_1").alias(f"v{i}"),
+        ]
+    frame = tokens.select(columns)
+    bad_pair = pl.any_horizontal(
+        [
+            pl.col(f"c{i}").is_not_null()
+            & (
+                pl.col(f"v{i}").is_null()
+                | pl.col(f"c{i}").cast(pl.Int64, strict=False).is_null()
+            )
+            for i in range(width - 1)
+        ]
+        or [pl.lit(False)]
+    )
+    bad = frame.filter(bad_pair)
+    if bad.height:
+        line = bad[LINE][0]
+        if data.on_error == ErrorPolicy.RAISE:
+            raise LogFormatError(
+                file, line, None, "expected index:value pairs after the label"
+            )
+        logger.warning(
+            "%s: dropped %d row(s) with bad index:value pairs", file, len(bad)
+        )
+        frame = frame.filter(~bad_pair)
+    return frame.with_columns(
+        [pl.col(f"c{i}").cast(pl.Int64) for i in range(width - 1)]
+    ).with_columns(pl.col(LINE).cast(pl.Int64))
+
+
+def _validate(
+    file: Path, frame: pl.DataFrame, roles: ColumnRoles, policy: ErrorPolicy
+) -> tuple[pl.DataFrame, Counter[str]]:
+    """Type the label, numeric and date columns; find rows that do not parse."""
+    checks: list[tuple[str, str, pl.Expr, pl.Expr]] = []  # column, what, bad, value
+
+    label_raw = pl.col(roles.label)
+    label = label_raw.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+    checks.append(
+        (
+            roles.label,
+            "expected a label of 0 or 1",
+            ~label.is_in([0.0, 1.0]) | label.is_null(),
+            label_raw,
+        )
+    )
+    typed = [label.cast(pl.Int8).alias(roles.label)]
+
+    for column in roles.numeric:
+        raw = pl.col(column)
+        if frame.schema[column].is_numeric():
+            value = raw.cast(pl.Float64)
+        else:
+            value = raw.str.strip_chars().cast(pl.Float64, strict=False)
+        bad = raw.is_not_null() & value.is_null()
+        if frame.schema[column] == pl.String:
+            bad = bad & (raw.str.strip_chars() != "")
+        checks.append((column, "expected a number", bad, raw))
+        typed.append(value.alias(column))
+
+    if roles.date is not None:
+        day = _parse_day(frame.schema[roles.date], roles.date, roles.date_format)
+        checks.append(
+            (roles.date, "expected a date", day.is_null(), pl.col(roles.date))
+        )
+        typed.append(day.alias(roles.date))
+
+    flags = frame.select(
+        LINE,
+        *[
+            bad.fill_null(True).alias(f"bad{i}")
+            for i, (_, _, bad, _) in enumerate(checks)
+        ],
+    )
+    dropped: Counter[str] = Counter()
+    any_bad = pl.any_horizontal([pl.col(f"bad{i}") for i in range(len(checks))])
+    bad_rows = flags.filter(any_bad)
+    if bad_rows.height == 0:
+        return frame.with_columns(typed), dropped
+    for i, (column, what, _, raw) in enumerate(checks):
+        hits = bad_rows.filter(pl.col(f"bad{i}"))
+        if not hits.height:
+            continue
+        if policy == ErrorPolicy.RAISE:
+            line = int(hits[LINE][0])
+            value = frame.filter(pl.col(LINE) == line).select(raw).item()
+            raise LogFormatError(file, line, column, f"{what}, got {value!r}")
+        dropped[f"column '{column}': {what}"] += hits.height
+    keep = frame.join(bad_rows.select(LINE), on=LINE, how="anti")
+    return keep.with_columns(typed), dropped
+
+
+def _parse_day(dtype: pl.DataType, column: str, date_format: str | None) -> pl.Expr:
+    raw = pl.col(column)
+    if dtype == pl.Date:
+        return raw
+    if isinstance(dtype, pl.Datetime):
+        return raw.dt.date()
+    text = raw.cast(pl.String).str.strip_chars()
+    if date_format is not None:
+        if any(code in date_format for code in ("%H", "%M", "%S")):
+            return text.str.to_datetime(date_format, strict=False).dt.date()
+        return text.str.to_date(date_format, strict=False)
+    return pl.coalesce(
+        text.str.to_date("%Y-%m-%d", strict=False),
+        text.str.to_date("%Y%m%d", strict=False),
+    )
