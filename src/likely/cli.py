@@ -31,7 +31,9 @@ logger = logging.getLogger("likely")
 def _setup_logging(verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     handler = RichHandler(console=console, show_path=False, show_time=False)
-    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[handler], force=True
+    )
 
 
 def _fail(message: str) -> None:
@@ -177,4 +179,3 @@ def info(
 
 if __name__ == "__main__":
     sys.exit(app())
-

@@ -51,7 +51,9 @@ class Batch:
         )
 
     def pin_memory(self) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+        return Batch(
+            **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)}
+        )
 
 
 class SplitArrays:
@@ -63,7 +65,9 @@ class SplitArrays:
         if missing:
             raise FileNotFoundError(f"{folder} lacks arrays {missing}; prepare again")
         self.folder = folder
-        self.arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ARRAY_NAMES}
+        self.arrays = {
+            n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ARRAY_NAMES
+        }
         probability = folder / "probability.npy"
         self.probability = (
             np.load(probability, mmap_mode="r") if probability.is_file() else None
@@ -77,14 +81,26 @@ class SplitArrays:
 
     def take(self, rows: np.ndarray | slice) -> Batch:
         """Gather rows into a `Batch`; sorted indices read memory maps in order."""
-        parts = {n: np.asarray(a[rows]) for n, a in self.arrays.items()}
+        a = self.arrays
+
+        def ids(name: str) -> torch.Tensor:
+            return torch.from_numpy(a[name][rows].astype(np.int64))
+
+        def owned(name: str) -> torch.Tensor:
+            # Fancy indexing copies; a slice of a memory map is a read-only view
+            # that torch must not write through, so copy it.
+            part = a[name][rows]
+            return torch.from_numpy(
+                part if isinstance(rows, np.ndarray) else part.copy()
+            )
+
         return Batch(
-            sparse=torch.from_numpy(parts["sparse"].astype(np.int64)),
-            dense=torch.from_numpy(np.ascontiguousarray(parts["dense"])),
-            sequence=torch.from_numpy(parts["sequence"].astype(np.int64)),
-            cross=torch.from_numpy(parts["cross"].astype(np.int64)),
-            label=torch.from_numpy(np.ascontiguousarray(parts["label"])),
-            user=torch.from_numpy(np.ascontiguousarray(parts["user"])),
+            sparse=ids("sparse"),
+            dense=owned("dense"),
+            sequence=ids("sequence"),
+            cross=ids("cross"),
+            label=owned("label"),
+            user=owned("user"),
         )
 
 

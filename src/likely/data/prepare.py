@@ -92,7 +92,9 @@ def _partition_day(file: Path, root: Path, column: str) -> dt.date | None:
     return None
 
 
-def cache_key(config: ExperimentConfig, target: dt.date | None, files: list[Path]) -> str:
+def cache_key(
+    config: ExperimentConfig, target: dt.date | None, files: list[Path]
+) -> str:
     """Digest of everything a prepared folder depends on."""
     payload = {
         "config": config.fingerprint(),

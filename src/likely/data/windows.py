@@ -32,7 +32,9 @@ def parse_date(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise WindowError(f"target date {text!r} is not a date; use YYYY-MM-DD") from None
+        raise WindowError(
+            f"target date {text!r} is not a date; use YYYY-MM-DD"
+        ) from None
 
 
 def _span(days: list[dt.date]) -> str:

@@ -1,0 +1,200 @@
+import datetime as dt
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from likely.config import parse_config
+from likely.data.prepare import PrepareError, available_days, index_day, prepare
+from likely.data.windows import WindowError
+
+START = dt.date(2026, 11, 1)
+
+
+def write_days(root, days=9, rows=200, seed=0):
+    """Hive-partitioned day files with a learnable label."""
+    rng = np.random.default_rng(seed)
+    for k in range(days):
+        day = START + dt.timedelta(days=k)
+        item = rng.integers(0, 30 + 5 * k, rows)  # later days bring new items
+        folder = root / f"day={day}"
+        folder.mkdir(parents=True)
+        pl.DataFrame(
+            {
+                "user_id": rng.integers(0, 50, rows),
+                "item_id": item,
+                "recent": [list(rng.integers(0, 30, 3)) for _ in range(rows)],
+                "price": rng.lognormal(size=rows),
+                "label": (item % 3 == 0).astype(np.int8),
+                "probability": np.where(item % 3 == 0, 0.9, 0.1),
+            }
+        ).write_parquet(folder / "part-0.parquet")
+    return root
+
+
+def make_config(tmp_path, **data):
+    return parse_config(
+        {
+            "data": {
+                "path": str(tmp_path / "logs"),
+                "format": "parquet",
+                "date_column": "day",
+                "user_column": "user_id",
+                "probability_column": "probability",
+                "cache_dir": str(tmp_path / "cache"),
+                **data,
+            },
+            "features": [
+                {"name": "user_id", "kind": "sparse", "side": "user"},
+                {
+                    "name": "item_id",
+                    "kind": "sparse",
+                    "side": "item",
+                    "embedding_group": "item",
+                },
+                {
+                    "name": "recent",
+                    "kind": "sequence",
+                    "max_length": 4,
+                    "embedding_group": "item",
+                },
+                {"name": "price", "kind": "dense", "transform": "log1p"},
+            ],
+            "crosses": [{"fields": ["user_id", "item_id"], "hash_buckets": 101}],
+        }
+    )
+
+
+@pytest.fixture
+def logs(tmp_path):
+    return write_days(tmp_path / "logs")
+
+
+def test_prepare_window_writes_arrays_and_manifest(tmp_path, logs):
+    config = make_config(tmp_path)
+    target = START + dt.timedelta(days=7)
+    prepared = prepare(config, target)
+    manifest = prepared.manifest
+    assert prepared.splits == ["train", "test"]
+    assert manifest["splits"]["train"]["rows"] == 7 * 200
+    assert manifest["splits"]["test"]["days"] == [str(target)]
+    assert manifest["train_days"][0] == str(START)
+    assert manifest["later_days"] == [str(target + dt.timedelta(days=1))]
+    # Only the window's partition files were read: the later day was not.
+    assert manifest["rows_read"] == 8 * 200
+    train = prepared.folder / "train"
+    sparse = np.load(train / "sparse.npy", mmap_mode="r")
+    assert sparse.shape == (1400, 2) and sparse.dtype == np.int32
+    assert np.load(train / "sequence.npy").shape == (1400, 1, 4)
+    assert np.load(train / "cross.npy").shape == (1400, 1)
+    days = {index_day(d) for d in np.unique(np.load(train / "day.npy"))}
+    assert days == {START + dt.timedelta(days=k) for k in range(7)}
+    assert np.load(train / "probability.npy").shape == (1400,)
+    encoders = prepared.encoders(config)
+    assert encoders.vocab_sizes() == manifest["vocab_sizes"]
+
+
+def test_cache_is_reused_and_invalidated(tmp_path, logs):
+    config = make_config(tmp_path)
+    target = START + dt.timedelta(days=7)
+    first = prepare(config, target)
+    assert not first.reused
+    again = prepare(config, target)
+    assert again.reused and again.folder == first.folder
+    # A changed config gets its own cache.
+    other = prepare(make_config(tmp_path, window_days=3), target)
+    assert other.folder != first.folder
+    assert other.manifest["splits"]["train"]["rows"] == 3 * 200
+    # A touched input file invalidates the cache.
+    file = logs / f"day={START + dt.timedelta(days=2)}" / "part-0.parquet"
+    stamp = time.time() + 5
+    os.utime(file, (stamp, stamp))
+    assert prepare(config, target).folder != first.folder
+
+
+def test_interrupted_prepare_leaves_no_finished_folder(tmp_path, logs, monkeypatch):
+    config = make_config(tmp_path)
+    from likely.data import prepare as module
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module.FeatureEncoders, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(config, START + dt.timedelta(days=7))
+    finished = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    assert finished == []
+    monkeypatch.undo()
+    prepared = prepare(config, START + dt.timedelta(days=7))
+    assert not prepared.reused
+
+
+def test_target_date_errors(tmp_path, logs):
+    config = make_config(tmp_path)
+    with pytest.raises(PrepareError, match="give a target date.*2026-11-09"):
+        prepare(config)
+    with pytest.raises(WindowError, match="2026-12-25 has no data"):
+        prepare(config, dt.date(2026, 12, 25))
+    with pytest.raises(WindowError, match="missing"):
+        prepare(config, START + dt.timedelta(days=3))
+
+
+def test_available_days_from_partitions(tmp_path, logs):
+    days = available_days(make_config(tmp_path))
+    assert days[0] == START and len(days) == 9
+
+
+def test_holdout_split_is_seeded(tmp_path, logs):
+    config = make_config(tmp_path, holdout_fraction=0.25, holdout_seed=3)
+    prepared = prepare(config, START + dt.timedelta(days=7))
+    splits = prepared.manifest["splits"]
+    assert list(splits) == ["train", "valid", "test"]
+    assert splits["train"]["rows"] + splits["valid"]["rows"] == 1400
+    assert 250 < splits["valid"]["rows"] < 450
+    again = prepare(config, START + dt.timedelta(days=7), force=True)
+    assert again.manifest["splits"] == splits
+
+
+def test_csv_with_text_dates(tmp_path):
+    rows = ["label,day,user,item"]
+    for k in range(3):
+        for i in range(10):
+            rows.append(f"{i % 2},2026-11-0{k + 1},u{i},i{i % 4}")
+    (tmp_path / "logs.csv").write_text("\r\n".join(rows) + "\r\n")
+    config = parse_config(
+        {
+            "data": {
+                "path": str(tmp_path / "logs.csv"),
+                "format": "csv",
+                "date_column": "day",
+                "window_days": 2,
+                "cache_dir": str(tmp_path / "cache"),
+            },
+            "features": [
+                {"name": "user", "kind": "sparse"},
+                {"name": "item", "kind": "sparse"},
+            ],
+        }
+    )
+    assert available_days(config) == [START + dt.timedelta(days=k) for k in range(3)]
+    prepared = prepare(config, dt.date(2026, 11, 3))
+    assert prepared.manifest["splits"]["train"]["rows"] == 20
+    assert prepared.manifest["splits"]["test"]["rows"] == 10
+
+
+def test_frappe_prepares(tmp_path, shared_data):
+    from likely.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "configs" / "frappe.yaml")
+    config = config.model_copy(
+        update={"data": config.data.model_copy(update={"cache_dir": tmp_path})}
+    )
+    prepared = prepare(config)
+    splits = prepared.manifest["splits"]
+    assert splits["train"]["rows"] + splits["valid"]["rows"] == 57_722
+    assert splits["test"]["rows"] == 28_860
+    assert prepared.manifest["vocab_sizes"]["user"] > 900 - 100
