@@ -158,6 +158,44 @@ def _bayes_auc(split: Path) -> str:
 
 
 @app.command()
+def init(
+    logs: Annotated[
+        Path, typer.Argument(help="A log file or folder, in any format prepare reads.")
+    ],
+    config_path: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write the config.")
+    ] = Path("configs/my_logs.yaml"),
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing config at --out.")
+    ] = False,
+) -> None:
+    """Inspect logs and write a starting config, with a comment on every guess."""
+    from likely.config import ConfigError, load_config
+    from likely.data.inspect import inspect_logs, render_config
+
+    if config_path.exists() and not overwrite:
+        _fail(f"{config_path} exists; pass --overwrite to replace it")
+    try:
+        inspection = inspect_logs(logs)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(render_config(inspection, config_path))
+    try:
+        load_config(config_path)
+    except ConfigError as error:
+        _fail(f"the written config does not load; please report this:\n{error}")
+    out.print(
+        f"wrote {config_path}: format {inspection.format.value}, "
+        f"{len(inspection.features)} features from {inspection.rows_sampled:,} rows"
+    )
+    if inspection.skipped:
+        out.print("left out: " + "; ".join(inspection.skipped))
+    target = "--target-date DAY " if "date_column" in inspection.data else ""
+    out.print(f"next: likely prepare --config {config_path} {target}".rstrip())
+
+
+@app.command()
 def info(
     folder: Annotated[
         Path, typer.Argument(help="A prepared folder (printed by `likely prepare`).")
