@@ -24,7 +24,7 @@ import hashlib
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Self
 
 import yaml
 from pydantic import (
@@ -97,7 +97,14 @@ class DataConfig(Frozen):
     path: Path = Field(description="log file, folder of files, or glob")
     format: LogFormat
     test_path: Path | None = None
-    has_header: bool = True
+    has_header: bool | None = Field(
+        default=None,
+        description="text formats: first line names the columns; default true, "
+        "false for criteo (raw Criteo files have no header)",
+    )
+    column_names: list[str] | None = Field(
+        default=None, description="names of the columns of a file without a header"
+    )
     separator: str | None = Field(
         default=None, description="field separator; default by format"
     )
@@ -124,6 +131,13 @@ class DataConfig(Frozen):
             raise ValueError(f"separator must be one character, got {value!r}")
         return value
 
+    @property
+    def header(self) -> bool:
+        """Whether text files start with a header line, after the format default."""
+        if self.has_header is not None:
+            return self.has_header
+        return self.format != LogFormat.CRITEO
+
     @model_validator(mode="after")
     def _layout(self) -> Self:
         if self.date_column is not None and self.test_path is not None:
@@ -133,6 +147,10 @@ class DataConfig(Frozen):
             )
         if self.date_format is not None and self.date_column is None:
             raise ValueError("date_format is set but date_column is not")
+        if self.column_names is not None and self.header:
+            raise ValueError(
+                "column_names is for files without a header; " "set has_header: false"
+            )
         return self
 
 

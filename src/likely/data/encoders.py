@@ -110,11 +110,11 @@ def _key_kind(values: pl.Series) -> Literal["int", "str"]:
     if values.dtype == pl.String:
         present = values.drop_nulls()
         parsed = present.str.strip_chars().cast(pl.Int64, strict=False)
-        if parsed.null_count() == 0 and len(present):
-            # "007" and "7" would collide as integers; keep text when it round-trips
-            # differently.
-            if (parsed.cast(pl.String) == present.str.strip_chars()).all():
-                return "int"
+        # "007" and "7" would collide as integers: keep text unless every value
+        # round-trips.
+        round_trips = (parsed.cast(pl.String) == present.str.strip_chars()).all()
+        if len(present) and parsed.null_count() == 0 and round_trips:
+            return "int"
     return "str"
 
 

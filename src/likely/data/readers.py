@@ -13,10 +13,12 @@ then bad rows are dropped and counted, and the count is logged by reason.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -96,8 +98,13 @@ class ColumnRoles:
 
 def list_files(path: Path, log_format: LogFormat) -> list[Path]:
     """Files behind a config path: the file itself, a folder's files, or a glob."""
-    if any(ch in str(path) for ch in "*?["):
-        files = sorted(Path(p) for p in _glob(path))
+    if _is_glob(str(path)):
+        # A glob also matches folders, and below its fixed part the hidden and
+        # underscore entries (_SUCCESS, _temporary/) that a folder read skips.
+        base = Path(*itertools.takewhile(lambda part: not _is_glob(part), path.parts))
+        files = sorted(
+            p for p in map(Path, _glob(path)) if p.is_file() and not _hidden(p, base)
+        )
     elif path.is_dir():
         pattern = "*.parquet" if log_format == LogFormat.PARQUET else "*"
         files = sorted(
@@ -110,6 +117,10 @@ def list_files(path: Path, log_format: LogFormat) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no {log_format.value} files found under {path}")
     return files
+
+
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
 
 
 def _glob(path: Path) -> list[str]:
@@ -135,6 +146,8 @@ def read_logs(
     """
     root = path or data.path
     files = files if files is not None else list_files(root, data.format)
+    if not files:
+        raise FileNotFoundError(f"no {data.format.value} files to read under {root}")
     results = [read_file(file, data, roles, root=root) for file in files]
     frames = [r.frame for r in results if r.frame.height]
     frame = pl.concat(frames, how="vertical_relaxed") if frames else results[0].frame
@@ -168,7 +181,7 @@ def read_file(
     if data.format == LogFormat.PARQUET:
         frame, header_lines, dropped = _parquet(file, root), 0, Counter()
     elif data.format == LogFormat.LIBFM:
-        frame, header_lines, dropped = _libfm(file, data), 0, Counter()
+        (frame, dropped), header_lines = _libfm(file, data), 0
     else:
         frame, header_lines, dropped = _delimited(file, data)
     if frame.height == 0:
@@ -176,8 +189,9 @@ def read_file(
     rows_read = frame.height + sum(dropped.values())
     if LINE not in frame.columns:
         frame = frame.with_row_index(LINE, offset=header_lines + 1)
-    if data.format == LogFormat.AVAZU:
-        frame = _avazu_day(frame)
+    sources: dict[str, str] = {}  # derived column -> the column it comes from
+    if data.format == LogFormat.AVAZU and "hour" in frame.columns:
+        frame, sources = _avazu_day(frame), {DAY: "hour"}
     missing = [c for c in roles.columns if c not in frame.columns]
     if missing:
         raise LogFormatError(
@@ -186,10 +200,11 @@ def read_file(
             None,
             f"missing column(s) {missing}; the file has {_shown(frame.columns)}",
         )
-    frame = frame.select(LINE, *roles.columns)
-    frame, bad = _validate(file, frame, roles, data.on_error)
+    extra = [c for c in sources.values() if c not in roles.columns]
+    frame = frame.select(LINE, *roles.columns, *extra)
+    frame, bad = _validate(file, frame, roles, data.on_error, sources)
     dropped.update(bad)
-    return ReadResult(frame.drop(LINE), [file], rows_read, dropped)
+    return ReadResult(frame.drop(LINE, *extra), [file], rows_read, dropped)
 
 
 def _shown(columns: list[str], limit: int = 12) -> str:
@@ -203,7 +218,9 @@ def _parquet(file: Path, root: Path | None) -> pl.DataFrame:
     try:
         frame = pl.read_parquet(file, hive_partitioning=False)
     except Exception as error:  # polars raises several types for corrupt files
-        raise LogFormatError(file, None, None, f"not a readable Parquet file: {error}")
+        raise LogFormatError(
+            file, None, None, f"not a readable Parquet file: {error}"
+        ) from error
     if hive:
         # Day-partitioned folders (`day=2026-11-01/part-0.parquet`, as Spark and
         # Flink write them) carry the partition values in the path.
@@ -225,22 +242,31 @@ def _separator(data: DataConfig) -> str:
 def _delimited(file: Path, data: DataConfig) -> tuple[pl.DataFrame, int, Counter]:
     """CSV-like text: check each line's field count, then parse as text."""
     separator = _separator(data)
-    has_header = data.has_header and data.format != LogFormat.CRITEO
-    if data.format == LogFormat.CRITEO and data.has_header:
-        # Raw Criteo files have no header; a converted copy may. Honour the config.
-        has_header = True
-    names = CRITEO_COLUMNS if data.format == LogFormat.CRITEO else None
+    has_header = data.header
+    names = data.column_names
+    if names is None and data.format == LogFormat.CRITEO:
+        names = CRITEO_COLUMNS
     lines = _field_counts(file, separator)
     header_lines = 1 if has_header else 0
     if has_header:
         if lines.height == 0 or lines["fields"][0] is None:
             raise LogFormatError(file, 1, None, "expected a header line")
         expected = int(lines["fields"][0])
+        if names is not None and expected != len(names):
+            raise LogFormatError(
+                file,
+                1,
+                None,
+                f"expected {len(names)} names in the header, found {expected}",
+            )
     elif names is not None:
         expected = len(names)
     else:
         raise LogFormatError(
-            file, None, None, "has_header is false; only criteo has known column names"
+            file,
+            None,
+            None,
+            "has_header is false but data.column_names is not set; name the columns",
         )
     body = lines.slice(header_lines).with_row_index(LINE, offset=header_lines + 1)
     blank = body.filter(pl.col("fields").is_null())
@@ -255,14 +281,25 @@ def _delimited(file: Path, data: DataConfig) -> tuple[pl.DataFrame, int, Counter
         )
     if ragged.height:
         dropped[f"expected {expected} fields"] += ragged.height
+    columns: dict[str, Any]
+    if has_header:
+        columns = {"new_columns": names, "infer_schema": False}
+    else:
+        # Without a header polars takes the width from the first line, which may
+        # be short or blank; fix it to the known names and pad short lines.
+        # (`missing_columns` and `extra_columns` need polars 2.)
+        columns = {
+            "schema": dict.fromkeys(names or [], pl.String),
+            "missing_columns": "insert",
+            "extra_columns": "ignore",
+        }
     frame = pl.read_csv(
         file,
         separator=separator,
         has_header=has_header,
-        new_columns=names,
-        infer_schema=False,
         truncate_ragged_lines=True,
         quote_char=None,
+        **columns,
     ).with_row_index(LINE, offset=header_lines + 1)
     frame = frame.with_columns(pl.col(LINE).cast(pl.Int64))
     skip = pl.concat([blank[LINE], ragged[LINE]]).cast(pl.Int64)
@@ -299,14 +336,19 @@ def _avazu_day(frame: pl.DataFrame) -> pl.DataFrame:
     """Avazu's `hour` is YYMMDDHH: derive `day` (Date) and `hour_of_day`."""
     if "hour" not in frame.columns:
         return frame
-    hour = pl.col("hour").cast(pl.String)
-    return frame.with_columns(
-        hour.str.slice(0, 6).str.to_date("%y%m%d", strict=False).alias(DAY),
-        hour.str.slice(6, 2).cast(pl.Int8, strict=False).alias("hour_of_day"),
+    hour = pl.col("hour").cast(pl.String).str.strip_chars()
+    hour_of_day = hour.str.slice(6, 2).cast(pl.Int8, strict=False)
+    day = (
+        pl.when(hour.str.contains(r"^\d{8}$") & hour_of_day.is_between(0, 23))
+        .then(hour.str.slice(0, 6).str.to_date("%y%m%d", strict=False))
+        .alias(DAY)
+    )
+    return frame.with_columns(day).with_columns(
+        pl.when(pl.col(DAY).is_not_null()).then(hour_of_day).alias("hour_of_day")
     )
 
 
-def _libfm(file: Path, data: DataConfig) -> pl.DataFrame:
+def _libfm(file: Path, data: DataConfig) -> tuple[pl.DataFrame, Counter[str]]:
     """libFM / libSVM: `label idx:val idx:val ...`, separated by spaces.
 
     Pair i becomes columns `c{i}` (its index, Int64) and `v{i}` (its value); a
@@ -325,45 +367,63 @@ def _libfm(file: Path, data: DataConfig) -> pl.DataFrame:
         LINE, pl.col("line").str.strip_chars().str.split(data.separator or " ")
     )
     width = int(tokens["line"].list.len().max() or 1)
-    columns = [pl.col(LINE), pl.col("line").list.get(0).alias("label")]
-    for i in range(width - 1):
-        pair = pl.col("line").list.get(i + 1, null_on_oob=True)
-        columns += [
-            pair.str.split_exact(":", 1).struct.field("field_0").alias(f"c{i}"),
-            pair.str.split_exact(":", 1).struct.field("field_1").alias(f"v{i}"),
-        ]
-    frame = tokens.select(columns)
-    bad_pair = pl.any_horizontal(
-        [
-            pl.col(f"c{i}").is_not_null()
-            & (
-                pl.col(f"v{i}").is_null()
-                | pl.col(f"c{i}").cast(pl.Int64, strict=False).is_null()
-            )
-            for i in range(width - 1)
-        ]
-        or [pl.lit(False)]
+    pairs = [f"p{i}" for i in range(width - 1)]
+    tokens = tokens.select(
+        LINE,
+        pl.col("line").list.get(0).alias("label"),
+        *[
+            pl.col("line").list.get(i + 1, null_on_oob=True).alias(pair)
+            for i, pair in enumerate(pairs)
+        ],
     )
-    bad = frame.filter(bad_pair)
-    if bad.height:
-        line = bad[LINE][0]
-        if data.on_error == ErrorPolicy.RAISE:
-            raise LogFormatError(
-                file, line, None, "expected index:value pairs after the label"
+    columns = [pl.col(LINE), pl.col("label")]
+    bad_pairs = []  # per position: a token that is not exactly `int:value`
+    for i, pair in enumerate(pairs):
+        parts = pl.col(pair).str.split_exact(":", 1)
+        index, value = parts.struct.field("field_0"), parts.struct.field("field_1")
+        columns += [index.alias(f"c{i}"), value.alias(f"v{i}")]
+        bad_pairs.append(
+            pl.col(pair).is_not_null()
+            & (
+                (pl.col(pair).str.count_matches(":", literal=True) != 1)
+                | index.cast(pl.Int64, strict=False).is_null()
+                | (value.str.len_bytes() == 0)
             )
-        logger.warning(
-            "%s: dropped %d row(s) with bad index:value pairs", file, len(bad)
         )
-        frame = frame.filter(~bad_pair)
-    return frame.with_columns(
+    bad_pair = pl.any_horizontal(bad_pairs or [pl.lit(False)])
+    bad = tokens.filter(bad_pair)
+    dropped: Counter[str] = Counter()
+    if bad.height and data.on_error == ErrorPolicy.RAISE:
+        first = bad.head(1)
+        i = next(i for i, expr in enumerate(bad_pairs) if first.select(expr).item())
+        raise LogFormatError(
+            file,
+            int(first[LINE].item()),
+            f"c{i}",
+            f"expected an index:value pair, got {first[pairs[i]].item()!r}",
+        )
+    if bad.height:
+        dropped["expected index:value pairs after the label"] += bad.height
+        tokens = tokens.filter(~bad_pair)
+    frame = tokens.select(columns).with_columns(
         [pl.col(f"c{i}").cast(pl.Int64) for i in range(width - 1)]
-    ).with_columns(pl.col(LINE).cast(pl.Int64))
+    )
+    return frame.with_columns(pl.col(LINE).cast(pl.Int64)), dropped
 
 
 def _validate(
-    file: Path, frame: pl.DataFrame, roles: ColumnRoles, policy: ErrorPolicy
+    file: Path,
+    frame: pl.DataFrame,
+    roles: ColumnRoles,
+    policy: ErrorPolicy,
+    sources: dict[str, str] | None = None,
 ) -> tuple[pl.DataFrame, Counter[str]]:
-    """Type the label, numeric and date columns; find rows that do not parse."""
+    """Type the label, numeric and date columns; find rows that do not parse.
+
+    `sources` names the file's column behind a derived one (Avazu's `hour` behind
+    `day`), so an error points at what the file holds.
+    """
+    sources = sources or {}
     checks: list[tuple[str, str, pl.Expr, pl.Expr]] = []  # column, what, bad, value
 
     label_raw = pl.col(roles.label)
@@ -392,9 +452,8 @@ def _validate(
 
     if roles.date is not None:
         day = _parse_day(frame.schema[roles.date], roles.date, roles.date_format)
-        checks.append(
-            (roles.date, "expected a date", day.is_null(), pl.col(roles.date))
-        )
+        source = sources.get(roles.date, roles.date)
+        checks.append((source, "expected a date", day.is_null(), pl.col(source)))
         typed.append(day.alias(roles.date))
 
     flags = frame.select(
@@ -409,16 +468,21 @@ def _validate(
     bad_rows = flags.filter(any_bad)
     if bad_rows.height == 0:
         return frame.with_columns(typed), dropped
-    for i, (column, what, _, raw) in enumerate(checks):
-        hits = bad_rows.filter(pl.col(f"bad{i}"))
-        if not hits.height:
-            continue
-        if policy == ErrorPolicy.RAISE:
-            line = int(hits[LINE][0])
-            value = frame.filter(pl.col(LINE) == line).select(raw).item()
-            raise LogFormatError(file, line, column, f"{what}, got {value!r}")
-        dropped[f"column '{column}': {what}"] += hits.height
-    keep = frame.join(bad_rows.select(LINE), on=LINE, how="anti")
+    if policy == ErrorPolicy.RAISE:
+        first = bad_rows.row(0, named=True)  # the earliest bad line in the file
+        i = next(i for i in range(len(checks)) if first[f"bad{i}"])
+        column, what, _, raw = checks[i]
+        line = int(first[LINE])
+        value = frame.filter(pl.col(LINE) == line).select(raw).item()
+        raise LogFormatError(file, line, column, f"{what}, got {value!r}")
+    # Each dropped row is counted once, under the first check it fails.
+    remaining = bad_rows
+    for i, (column, what, _, _) in enumerate(checks):
+        hits = remaining.filter(pl.col(f"bad{i}")).height
+        if hits:
+            dropped[f"column '{column}': {what}"] += hits
+        remaining = remaining.filter(~pl.col(f"bad{i}"))
+    keep = frame.filter(~pl.col(LINE).is_in(bad_rows[LINE].implode()))
     return keep.with_columns(typed), dropped
 
 
