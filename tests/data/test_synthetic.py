@@ -336,6 +336,44 @@ def test_recent_clicks_when_hours_are_split_into_chunks(tmp_path, monkeypatch):
     check_recent_clicks(read_days(tmp_path / "logs"), HISTORY_LENGTH)
 
 
+def test_click_history_keeps_each_users_last_clicks_in_order():
+    history = synthetic._ClickHistory(num_users=3, length=3)
+
+    # User 0 clicks more often than the buffer holds within one update; user 1's
+    # buffer wraps around across updates; user 2 never clicks.
+    history.append(
+        np.array([0, 1, 0, 0, 0, 0, 1, 0, 0]),
+        np.array([10, 20, 11, 12, 13, 14, 21, 15, 16]),
+    )
+    history.append(np.array([1, 1]), np.array([22, 23]))
+    view = history.read(np.array([0, 2, 1, 0]))
+
+    bounds = zip(view.offsets[:-1], view.offsets[1:], strict=True)
+    assert [view.items[start:end].tolist() for start, end in bounds] == [
+        [14, 15, 16],
+        [],
+        [21, 22, 23],
+        [14, 15, 16],
+    ]
+    assert view.rows.tolist() == [0, 0, 0, 2, 2, 2, 3, 3, 3]
+    assert view.ages.tolist() == [2, 1, 0] * 3
+
+
+def test_grouped_sampler_draws_within_the_group_by_weight():
+    sampler = synthetic._GroupedSampler(
+        groups=np.array([1, 0, 1, 0, 1]),
+        weights=np.array([0.0, 1.0, 2.0, 3.0, 2.0]),
+        num_groups=2,
+    )
+    uniforms = (np.arange(10_000) + 0.5) / 10_000
+
+    from_zero = sampler(np.zeros(10_000, np.int64), uniforms)
+    from_one = sampler(np.ones(10_000, np.int64), uniforms)
+
+    assert np.bincount(from_zero, minlength=5).tolist() == [0, 2_500, 0, 7_500, 0]
+    assert np.bincount(from_one, minlength=5).tolist() == [0, 0, 5_000, 0, 5_000]
+
+
 def test_summary_bayes_auc_is_the_auc_of_the_probabilities(small):
     summary, frame = small
 

@@ -134,10 +134,10 @@ def _sample(path: Path, log_format: LogFormat, header: bool, sep: str | None):
         return pl.concat(frames, how="vertical_relaxed")
     if log_format == LogFormat.LIBFM:
         from likely.config import DataConfig
-        from likely.data.readers import _libfm
+        from likely.data.readers import LINE, parse_libfm
 
-        data = DataConfig(path=files[0], format=log_format)
-        return _libfm(files[0], data).drop("__line").head(SAMPLE_ROWS)
+        frame, _ = parse_libfm(files[0], DataConfig(path=files[0], format=log_format))
+        return frame.drop(LINE).head(SAMPLE_ROWS)
     separator = sep or (
         "\t" if log_format in (LogFormat.TSV, LogFormat.CRITEO) else ","
     )
@@ -241,12 +241,14 @@ def _dense_transform(series: pl.Series) -> tuple[str, str]:
 
 
 def _sequence(frame: pl.DataFrame, column: str, sparse: list[str]):
+    """Length and shared table of a list column: the item column it draws from."""
     lengths = frame[column].list.len().drop_nulls()
     max_length = int(min(max(lengths.quantile(0.95) or 1, 1), 100))
     items = frame[column].explode().drop_nulls()
     group, why = None, f"list column; max_length {max_length} covers 95% of rows"
     best = 0.0
-    for other in sparse:
+    item_side = [c for c in sparse if _side(c) == "item"]
+    for other in item_side or sparse:
         if items.dtype != frame[other].dtype or not len(items):
             continue
         overlap = items.is_in(frame[other].unique().implode()).mean()

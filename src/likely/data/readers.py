@@ -181,7 +181,7 @@ def read_file(
     if data.format == LogFormat.PARQUET:
         frame, header_lines, dropped = _parquet(file, root), 0, Counter()
     elif data.format == LogFormat.LIBFM:
-        (frame, dropped), header_lines = _libfm(file, data), 0
+        (frame, dropped), header_lines = parse_libfm(file, data), 0
     else:
         frame, header_lines, dropped = _delimited(file, data)
     if frame.height == 0:
@@ -348,7 +348,7 @@ def _avazu_day(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _libfm(file: Path, data: DataConfig) -> tuple[pl.DataFrame, Counter[str]]:
+def parse_libfm(file: Path, data: DataConfig) -> tuple[pl.DataFrame, Counter[str]]:
     """libFM / libSVM: `label idx:val idx:val ...`, separated by spaces.
 
     Pair i becomes columns `c{i}` (its index, Int64) and `v{i}` (its value); a

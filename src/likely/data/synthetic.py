@@ -26,7 +26,7 @@ The hidden click model is a sum of log-odds terms, then a sigmoid:
 Each user's `recent_clicks` is their real click history in the generated data,
 refreshed hourly: an impression sees the clicks of earlier hours (earlier days
 included), not those of its own hour. Histories start empty, so the first day
-or two have a lower CTR (about 3%) than later ones (about 5%). With the default
+or two have a lower CTR (about 4%) than later ones (about 5%). With the default
 sizes the Bayes AUC of a day is about 0.8 to 0.85.
 
 Output is one Parquet file per day in Hive layout,
@@ -113,8 +113,8 @@ INTEREST_SHARE = np.array([0.6, 0.3, 0.1])
 POSITION_SCALE = 18.0
 
 # The click model, in log-odds. BASE_LOGIT puts the CTR near 5% once the
-# histories have filled (about 3% on the first day, when they are empty).
-BASE_LOGIT = -3.75
+# histories have filled (about 4% on the first day, when they are empty).
+BASE_LOGIT = -3.6
 POSITION_WEIGHT = 0.55
 DRIFT_RADIANS_PER_DAY = 0.1
 MEMBERSHIP_LOGIT = np.array([0.0, 0.05, 0.1, 0.15, 0.2])

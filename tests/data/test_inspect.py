@@ -1,0 +1,125 @@
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from likely.config import load_config
+from likely.data.inspect import inspect_logs, render_config
+from likely.data.prepare import prepare
+
+
+def write_and_load(inspection, tmp_path):
+    path = tmp_path / "configs" / "guessed.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(render_config(inspection, path))
+    config = load_config(path)
+    data = config.data.model_copy(update={"cache_dir": tmp_path / "cache"})
+    return path, config.model_copy(update={"data": data})
+
+
+def kinds(config):
+    return {f.name: f.kind.value for f in config.features}
+
+
+def test_frappe(tmp_path, shared_data):
+    inspection = inspect_logs(shared_data / "frappe" / "valid.csv")
+    path, config = write_and_load(inspection, tmp_path)
+    assert config.data.label == "label" and config.data.user_column == "user"
+    assert config.data.date_column is None and config.data.holdout_fraction == 0.1
+    assert set(kinds(config).values()) == {"sparse"} and len(config.features) == 10
+    text = path.read_text()
+    assert "# label: named 'label' and holds only 0 and 1" in text
+    prepared = prepare(config)
+    assert prepared.manifest["rows_read"] == 57_722
+
+
+def test_criteo_sample(tmp_path, shared_data):
+    inspection = inspect_logs(shared_data / "samples" / "criteo_sample.txt")
+    _, config = write_and_load(inspection, tmp_path)
+    assert config.data.format.value == "criteo" and config.data.header
+    found = kinds(config)
+    assert found["I1"] == "dense" and found["C1"] == "sparse"
+    assert {f.transform.value for f in config.dense_features} == {"log1p"}
+    assert (
+        prepare(config).manifest["splits"]["train"]["rows"]
+        + prepare(config).manifest["splits"]["valid"]["rows"]
+        == 200
+    )
+
+
+def test_avazu_sample(tmp_path, shared_data):
+    inspection = inspect_logs(shared_data / "samples" / "avazu_sample.txt")
+    _, config = write_and_load(inspection, tmp_path)
+    assert config.data.format.value == "avazu"
+    assert config.data.label == "click" and config.data.date_column == "day"
+    names = {f.name for f in config.features}
+    assert "id" not in names  # one value per impression: useless as a feature
+    assert {"site_id", "app_id", "device_model"} <= names
+
+
+def test_raw_criteo_tsv_and_libfm(tmp_path, shared_data):
+    frame = pl.read_csv(shared_data / "samples" / "criteo_sample.txt")
+    raw = tmp_path / "day_0"
+    frame.write_csv(raw, separator="\t", include_header=False)
+    inspection = inspect_logs(raw)
+    assert inspection.format.value == "criteo"
+    _, config = write_and_load(inspection, tmp_path)
+    assert not config.data.header
+    libfm = tmp_path / "train.libfm"
+    libfm.write_text("1 0:1 5:1 9:0.5\n0 1:1 6:1 9:2.5\n1 0:1 7:1 9:1.5\n")
+    inspection = inspect_logs(libfm)
+    assert inspection.format.value == "libfm"
+    _, config = write_and_load(inspection, tmp_path)
+    assert kinds(config)["c0"] == "sparse"
+
+
+def test_dated_parquet_with_sequences_and_skewed_floats(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = 3000
+    for k in range(3):
+        day = dt.date(2026, 11, 1) + dt.timedelta(days=k)
+        folder = tmp_path / "logs" / f"day={day}"
+        folder.mkdir(parents=True)
+        item = rng.integers(0, 200, rows)
+        pl.DataFrame(
+            {
+                "impression_id": np.arange(rows) + k * rows,
+                "user_id": rng.integers(0, 300, rows),
+                "item_id": item,
+                "recent_clicks": [list(rng.integers(0, 200, 4)) for _ in range(rows)],
+                "price": rng.lognormal(2.0, 1.5, rows),
+                "score": rng.normal(0, 1, rows),
+                "clicked": (rng.random(rows) < 0.1).astype(np.int8),
+            }
+        ).write_parquet(folder / "part-0.parquet")
+    inspection = inspect_logs(tmp_path / "logs")
+    path, config = write_and_load(inspection, tmp_path)
+    assert config.data.label == "clicked" and config.data.date_column == "day"
+    assert config.data.user_column == "user_id"
+    by_name = {f.name: f for f in config.features}
+    assert "impression_id" not in by_name
+    assert by_name["price"].transform.value == "log1p"
+    assert by_name["score"].transform.value == "standardize"
+    sequence = by_name["recent_clicks"]
+    assert sequence.kind.value == "sequence" and sequence.max_length == 4
+    assert sequence.group == by_name["item_id"].group == "item_id"
+    assert by_name["item_id"].side.value == "item"
+    prepared = prepare(config, dt.date(2026, 11, 3), allow_missing_days=True)
+    assert prepared.manifest["splits"]["test"]["rows"] == rows
+    assert yaml.safe_load(path.read_text())["data"]["window_days"] == 7
+
+
+def test_no_label_is_a_clear_error(tmp_path):
+    path = tmp_path / "logs.csv"
+    path.write_text("a,b\n1,x\n2,y\n3,z\n")
+    with pytest.raises(ValueError, match="no label column found"):
+        inspect_logs(path)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "logs.csv"
+    path.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        inspect_logs(path)

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from likely.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def frappe_config(tmp_path, shared_data, **data):
+    lines = [
+        "data:",
+        f"  path: {shared_data / 'frappe' / 'valid.csv'}",
+        f"  test_path: {shared_data / 'frappe' / 'test.csv'}",
+        "  format: csv",
+        "  user_column: user",
+        f"  cache_dir: {tmp_path / 'cache'}",
+        *[f"  {k}: {v}" for k, v in data.items()],
+        "features:",
+        *[
+            f"  - {{name: {n}, kind: sparse}}"
+            for n in ("user", "item", "daytime", "weekday", "city")
+        ],
+    ]
+    path = tmp_path / "frappe.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("command", ["prepare", "info", "init", "generate"])
+def test_every_command_explains_itself(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    assert "Usage" in result.output
+
+
+def test_prepare_then_info(tmp_path, shared_data):
+    result = invoke("prepare", "--config", frappe_config(tmp_path, shared_data))
+    assert result.exit_code == 0, result.output
+    folder = result.output.strip().splitlines()[-1].removeprefix("prepared: ")
+    assert "28,860" in result.output
+    shown = invoke("info", folder, "--json")
+    assert shown.exit_code == 0
+    manifest = json.loads(shown.output)
+    assert manifest["splits"]["test"]["rows"] == 28_860
+    assert manifest["vocab_sizes"]["user"] > 800
+
+
+def test_prepare_reports_a_bad_config_without_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: {path: x.csv, format: xls}\nfeatures: []\n")
+    result = invoke("prepare", "--config", path)
+    assert result.exit_code == 2
+    assert "data.format" in result.output and "features" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_prepare_reports_a_malformed_log(tmp_path):
+    logs = tmp_path / "logs.csv"
+    logs.write_text("label,a\n1,x\n7,y\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"data: {{path: {logs}, format: csv, cache_dir: {tmp_path / 'cache'}}}\n"
+        "features: [{name: a, kind: sparse}]\n"
+    )
+    result = invoke("prepare", "--config", config)
+    assert result.exit_code == 2
+    assert "line 3" in result.output and "'label'" in result.output
+
+
+def test_prepare_rejects_target_date_without_dates(tmp_path, shared_data):
+    config = frappe_config(tmp_path, shared_data)
+    result = invoke("prepare", "--config", config, "--target-date", "2026-11-08")
+    assert result.exit_code == 2
+    assert "no data.date_column" in result.output
+    result = invoke("prepare", "--config", config, "--target-date", "tomorrow")
+    assert result.exit_code == 2 and "'tomorrow' is not a date" in result.output
+
+
+def test_info_on_a_folder_that_is_not_prepared(tmp_path):
+    result = invoke("info", tmp_path)
+    assert result.exit_code == 2 and "not a prepared folder" in result.output
+
+
+def test_init_writes_a_config_that_prepares(tmp_path, shared_data):
+    out = tmp_path / "configs" / "frappe.yaml"
+    result = invoke("init", shared_data / "frappe" / "valid.csv", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "next: likely prepare --config" in result.output
+    again = invoke("init", shared_data / "frappe" / "valid.csv", "--out", out)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    text = out.read_text().replace("data:\n", f"data:\n  cache_dir: {tmp_path}/c\n", 1)
+    out.write_text(text)
+    assert invoke("prepare", "--config", out).exit_code == 0
