@@ -12,8 +12,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
+# The main job, for now: eight days of synthetic feed logs, then the 7-day
+# training window before the 8th day, prepared into cached arrays.
 demo: $(STAMP)
-	$(BIN)/likely generate --days 8 --rows-per-day 100000 --out data/synthetic
+	$(BIN)/likely generate --days 8 --out data/synthetic
 	$(BIN)/likely prepare --config configs/synthetic.yaml --target-date 2026-11-08
 
 lint: $(STAMP)

@@ -158,6 +158,63 @@ def _bayes_auc(split: Path) -> str:
 
 
 @app.command()
+def generate(
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the day-partitioned logs.")
+    ] = Path("data/synthetic"),
+    days: Annotated[int, typer.Option(help="Number of days to generate.")] = 8,
+    rows_per_day: Annotated[int, typer.Option(help="Impressions per day.")] = 200_000,
+    users: Annotated[int, typer.Option(help="Users in the synthetic world.")] = 20_000,
+    items: Annotated[int, typer.Option(help="Items in the catalogue.")] = 50_000,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same logs.")] = 0,
+    start_date: Annotated[
+        str, typer.Option(help="First day, YYYY-MM-DD.")
+    ] = "2026-11-01",
+    history_length: Annotated[
+        int, typer.Option(help="Recent clicks kept per user (the sequence feature).")
+    ] = 20,
+) -> None:
+    """Write synthetic "you may like" logs whose true click probability is known.
+
+    One Parquet file per day under OUT/day=YYYY-MM-DD/, plus OUT/_generator.json.
+    Each row carries `probability`, the chance the click was drawn with, so the
+    best achievable (Bayes) AUC of every day is known.
+    """
+    from likely.data.synthetic import generate as run_generate
+    from likely.data.windows import WindowError, parse_date
+
+    try:
+        first = parse_date(start_date)
+        with console.status(f"generating {days} days of {rows_per_day:,} rows"):
+            summary = run_generate(
+                out_dir,
+                days=days,
+                rows_per_day=rows_per_day,
+                num_users=users,
+                num_items=items,
+                seed=seed,
+                start_date=first,
+                history_length=history_length,
+            )
+    except (ValueError, WindowError) as error:
+        _fail(str(error))
+    table = Table(title=f"synthetic logs: {summary.out_dir}")
+    for column in ("day", "rows", "CTR", "Bayes AUC"):
+        table.add_column(column, justify="left" if column == "day" else "right")
+    per_day = summary.rows // len(summary.days)
+    for day, ctr, auc in zip(
+        summary.days, summary.day_ctr, summary.bayes_auc, strict=True
+    ):
+        table.add_row(str(day), f"{per_day:,}", f"{ctr:.4f}", f"{auc:.4f}")
+    out.print(table)
+    out.print(
+        f"wrote {summary.rows:,} rows in {summary.seconds:.1f}s to {summary.out_dir}; "
+        f"next: likely prepare --config configs/synthetic.yaml "
+        f"--target-date {summary.days[-1]}"
+    )
+
+
+@app.command()
 def init(
     logs: Annotated[
         Path, typer.Argument(help="A log file or folder, in any format prepare reads.")
