@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -97,3 +98,34 @@ def test_init_writes_a_config_that_prepares(tmp_path, shared_data):
     text = out.read_text().replace("data:\n", f"data:\n  cache_dir: {tmp_path}/c\n", 1)
     out.write_text(text)
     assert invoke("prepare", "--config", out).exit_code == 0
+
+
+def test_generate_then_prepare_the_shipped_synthetic_config(tmp_path):
+    logs = tmp_path / "data" / "synthetic"
+    result = invoke(
+        "generate",
+        "--out",
+        logs,
+        "--days",
+        8,
+        "--rows-per-day",
+        3000,
+        "--users",
+        300,
+        "--items",
+        500,
+    )
+    assert result.exit_code == 0, result.output
+    assert "--target-date 2026-11-08" in result.output
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
+    config = tmp_path / "configs" / "synthetic.yaml"
+    config.parent.mkdir()
+    text = shipped.read_text().replace(
+        "  format: parquet", f"  format: parquet\n  cache_dir: {tmp_path / 'cache'}"
+    )
+    config.write_text(text)
+    result = invoke("prepare", "--config", config, "--target-date", "2026-11-08")
+    assert result.exit_code == 0, result.output
+    assert "21,000" in result.output and "Bayes AUC" in result.output
+    result = invoke("generate", "--out", logs, "--days", 0)
+    assert result.exit_code == 2 and "days" in result.output

@@ -120,7 +120,11 @@ def _print_info(folder: Path, manifest: dict) -> None:
         table.add_column(column, justify="right" if column != "split" else "left")
     for name, split in manifest["splits"].items():
         days = split["days"]
-        span = f"{days[0]} .. {days[-1]} ({len(days)})" if days else "-"
+        span = "-"
+        if len(days) == 1:
+            span = days[0]
+        elif days:
+            span = f"{days[0]}..{days[-1][5:]} ({len(days)})"
         table.add_row(
             name,
             f"{split['rows']:,}",

@@ -452,8 +452,8 @@ class FeatureEncoders:
         return next(f for f in self.config.features if f.name == name)
 
     def _log_sizes(self, verb: str) -> None:
-        for group, size in self.vocab_sizes().items():
-            logger.info("%s table '%s': %d ids", verb, group, size)
+        sizes = ", ".join(f"{g} {n:,}" for g, n in self.vocab_sizes().items())
+        logger.info("%s %d tables (ids per table): %s", verb, len(self.tables), sizes)
 
     def vocab_sizes(self) -> dict[str, int]:
         """Rows per embedding table, reserved ids included."""
