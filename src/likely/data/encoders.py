@@ -94,28 +94,43 @@ def stable_hash(values: pl.Series) -> np.ndarray:
     return _mix64(hashes)
 
 
-def _as_keys(values: pl.Series, kind: Literal["int", "str"]) -> pl.Series:
-    """Values in the key type of a vocabulary; unparseable ints become OOV later."""
+def _as_keys(
+    column: pl.Expr, dtype: pl.DataType, kind: Literal["int", "str"]
+) -> pl.Expr:
+    """Values in the key type of a vocabulary; text that is no integer gives null."""
     if kind == "int":
-        if values.dtype.is_integer():
-            return values.cast(pl.Int64)
-        return values.cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
-    return values.cast(pl.String)
+        if dtype.is_integer():
+            return column.cast(pl.Int64)
+        return column.cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
+    return column.cast(pl.String)
+
+
+def _apply(encoder: IdEncoder | DenseScaler, values: pl.Series) -> np.ndarray:
+    """Run an encoder's expression on one series."""
+    frame = values.rename("v").to_frame().lazy()
+    selected = frame.select(encoder.expr(pl.col("v"), values.dtype)).collect()
+    return selected.to_series().to_numpy()
+
+
+def _all_integers(text: pl.Series) -> bool:
+    """Every value parses as an integer and prints back the same ("007" does not)."""
+    stripped = text.str.strip_chars()
+    parsed = stripped.cast(pl.Int64, strict=False)
+    return parsed.null_count() == 0 and bool((parsed.cast(pl.String) == stripped).all())
 
 
 def _key_kind(values: pl.Series) -> Literal["int", "str"]:
     """Integer keys where every present value is an integer (faster to join)."""
     if values.dtype.is_integer():
         return "int"
-    if values.dtype == pl.String:
-        present = values.drop_nulls()
-        parsed = present.str.strip_chars().cast(pl.Int64, strict=False)
-        # "007" and "7" would collide as integers: keep text unless every value
-        # round-trips.
-        round_trips = (parsed.cast(pl.String) == present.str.strip_chars()).all()
-        if len(present) and parsed.null_count() == 0 and round_trips:
-            return "int"
-    return "str"
+    if values.dtype != pl.String:
+        return "str"
+    present = values.drop_nulls()
+    # Most text columns (hashed hex ids, names) fail on the first values; check a
+    # sample before paying for a parse of the whole column.
+    if not len(present) or not _all_integers(present.head(1000)):
+        return "str"
+    return "int" if _all_integers(present) else "str"
 
 
 @dataclass
@@ -140,13 +155,19 @@ class Vocabulary:
     def fit(self, values: pl.Series) -> Vocabulary:
         self.kind = _key_kind(values)
         self.keys, self.counts = None, None
-        return self.extend(values)
+        return self._add(values)
 
     def extend(self, values: pl.Series) -> Vocabulary:
         """Append values not yet known; existing ids keep their place."""
-        if self.keys is None and len(values):
-            self.kind = _key_kind(values)
-        keys = _as_keys(values, self.kind).drop_nulls()
+        if self.keys is None:
+            return self.fit(values)
+        return self._add(values)
+
+    def _add(self, values: pl.Series) -> Vocabulary:
+        keys = values.to_frame().select(
+            _as_keys(pl.col(values.name), values.dtype, self.kind)
+        )
+        keys = keys.to_series().drop_nulls()
         counted = (
             keys.rename("key")
             .to_frame()
@@ -174,19 +195,19 @@ class Vocabulary:
 
     def transform(self, values: pl.Series) -> np.ndarray:
         """Ids `(N,)` int32: known values, OOV for unknown, MISSING for null."""
+        return _apply(self, values)
+
+    def expr(self, column: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+        """The transform as a polars expression, so columns encode in parallel."""
         if self.keys is None:
             raise RuntimeError("vocabulary used before fit")
-        keys = _as_keys(values, self.kind)
-        ids = keys.replace_strict(
+        ids = _as_keys(column, dtype, self.kind).replace_strict(
             self.keys,
             pl.int_range(FIRST_ID, self.size, dtype=pl.Int32, eager=True),
             default=OOV,
             return_dtype=pl.Int32,
         )
-        ids = pl.select(
-            pl.when(values.is_null()).then(MISSING).otherwise(ids).cast(pl.Int32)
-        ).to_series()
-        return ids.to_numpy()
+        return pl.when(column.is_null()).then(pl.lit(MISSING, pl.Int32)).otherwise(ids)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -252,26 +273,30 @@ class DenseScaler:
     mean: float = 0.0
     std: float = 1.0
 
-    def _scaled(self, values: pl.Series) -> np.ndarray:
-        x = values.cast(pl.Float64).to_numpy()
+    def _scaled(self, column: pl.Expr) -> pl.Expr:
+        x = column.cast(pl.Float64)
         if self.transform_name == DenseTransform.LOG1P:
-            x = np.sign(x) * np.log1p(np.abs(x))
+            x = x.sign() * x.abs().log1p()
         return x
 
     def fit(self, values: pl.Series) -> DenseScaler:
         if self.transform_name == DenseTransform.STANDARDIZE:
-            x = self._scaled(values)
-            finite = x[np.isfinite(x)]
-            self.mean = float(finite.mean()) if finite.size else 0.0
-            std = float(finite.std()) if finite.size else 1.0
+            x = values.to_frame().select(self._scaled(pl.col(values.name))).to_series()
+            finite = x.filter(x.is_finite())
+            self.mean = float(finite.mean()) if len(finite) else 0.0
+            std = float(finite.std(ddof=0)) if len(finite) else 1.0
             self.std = std if std > 0 else 1.0
         return self
 
     def transform(self, values: pl.Series) -> np.ndarray:
-        x = self._scaled(values)
+        return _apply(self, values)
+
+    def expr(self, column: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+        x = self._scaled(column)
         if self.transform_name == DenseTransform.STANDARDIZE:
             x = (x - self.mean) / self.std
-        return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+        finite = x.is_finite().fill_null(False)
+        return pl.when(finite).then(x).otherwise(0.0).cast(pl.Float32)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -318,6 +343,11 @@ class QuantileBuckets:
         ids = FIRST_ID + np.searchsorted(self.boundaries, x, side="right")
         ids[np.isnan(x)] = MISSING
         return ids.astype(np.int32)
+
+    def expr(self, column: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+        return column.map_batches(
+            lambda s: pl.Series(self.transform(s)), return_dtype=pl.Int32
+        )
 
     def to_json(self) -> dict[str, Any]:
         edges = [] if self.boundaries is None else self.boundaries.tolist()
@@ -463,12 +493,23 @@ class FeatureEncoders:
         """Encode a frame with the fitted encoders; unknown values get OOV."""
         config, data = self.config, self.config.data
         n = frame.height
-        sparse = np.zeros((n, len(config.sparse_features)), dtype=np.int32)
-        for j, feature in enumerate(config.sparse_features):
-            sparse[:, j] = self.tables[feature.group].transform(frame[feature.source])
-        dense = np.zeros((n, len(config.dense_features)), dtype=np.float32)
-        for j, feature in enumerate(config.dense_features):
-            dense[:, j] = self.scalers[feature.name].transform(frame[feature.source])
+        schema = frame.schema
+        sparse = self._select(
+            frame,
+            [
+                self.tables[f.group].expr(pl.col(f.source), schema[f.source])
+                for f in config.sparse_features
+            ],
+            np.int32,
+        )
+        dense = self._select(
+            frame,
+            [
+                self.scalers[f.name].expr(pl.col(f.source), schema[f.source])
+                for f in config.dense_features
+            ],
+            np.float32,
+        )
         sequence = self._sequences(frame)
         cross = self._crosses(sparse)
         label = frame[data.label].cast(pl.Float32).to_numpy()
@@ -496,6 +537,17 @@ class FeatureEncoders:
             day.astype(np.int32),
             probability,
         )
+
+    @staticmethod
+    def _select(frame: pl.DataFrame, exprs: list[pl.Expr], dtype) -> np.ndarray:
+        """`(N, len(exprs))` array of the expressions, evaluated in parallel."""
+        if not exprs:
+            return np.zeros((frame.height, 0), dtype=dtype)
+        named = [e.alias(f"c{j}") for j, e in enumerate(exprs)]
+        # Lazy, not DataFrame.select: polars' eager select re-evaluates the
+        # vocabulary literals per call and was 10x slower here.
+        selected = frame.lazy().select(named).collect()
+        return selected.to_numpy(order="c").astype(dtype, copy=False)
 
     def _sequences(self, frame: pl.DataFrame) -> np.ndarray:
         features = self.config.sequence_features

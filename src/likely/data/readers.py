@@ -178,12 +178,33 @@ def read_file(
     """Read and validate one file; see the module docstring for the rules."""
     if file.stat().st_size == 0:
         raise LogFormatError(file, None, None, "the file is empty")
+    # Delimited text can have polars parse the numbers (the fast path); Parquet is
+    # typed already and libFM has its own parser.
+    typed_by_polars = data.format not in (LogFormat.PARQUET, LogFormat.LIBFM)
+    numeric = (roles.label, *roles.numeric) if typed_by_polars else ()
+    try:
+        return _read_file(file, data, roles, root, numeric)
+    except LogFormatError:
+        if not numeric:
+            raise
+        # Numbers were parsed by polars; read the file again as text so the
+        # error quotes the value exactly as the file holds it.
+        return _read_file(file, data, roles, root, ())
+
+
+def _read_file(
+    file: Path,
+    data: DataConfig,
+    roles: ColumnRoles,
+    root: Path | None,
+    numeric: tuple[str, ...],
+) -> ReadResult:
     if data.format == LogFormat.PARQUET:
         frame, header_lines, dropped = _parquet(file, root), 0, Counter()
     elif data.format == LogFormat.LIBFM:
         (frame, dropped), header_lines = parse_libfm(file, data), 0
     else:
-        frame, header_lines, dropped = _delimited(file, data)
+        frame, header_lines, dropped = _delimited(file, data, numeric)
     if frame.height == 0:
         raise LogFormatError(file, None, None, "the file has no data rows")
     rows_read = frame.height + sum(dropped.values())
@@ -239,8 +260,14 @@ def _separator(data: DataConfig) -> str:
     return ","
 
 
-def _delimited(file: Path, data: DataConfig) -> tuple[pl.DataFrame, int, Counter]:
-    """CSV-like text: check each line's field count, then parse as text."""
+def _delimited(
+    file: Path, data: DataConfig, numeric: tuple[str, ...] = ()
+) -> tuple[pl.DataFrame, int, Counter]:
+    """CSV-like text: check each line's field count, then parse.
+
+    `numeric` columns (the label, dense features) are parsed as numbers where
+    every value is one, else everything is read as text for `_validate`.
+    """
     separator = _separator(data)
     has_header = data.header
     names = data.column_names
@@ -281,26 +308,39 @@ def _delimited(file: Path, data: DataConfig) -> tuple[pl.DataFrame, int, Counter
         )
     if ragged.height:
         dropped[f"expected {expected} fields"] += ragged.height
-    columns: dict[str, Any]
-    if has_header:
-        columns = {"new_columns": names, "infer_schema": False}
-    else:
-        # Without a header polars takes the width from the first line, which may
-        # be short or blank; fix it to the known names and pad short lines.
-        # (`missing_columns` and `extra_columns` need polars 2.)
-        columns = {
-            "schema": dict.fromkeys(names or [], pl.String),
-            "missing_columns": "insert",
-            "extra_columns": "ignore",
-        }
-    frame = pl.read_csv(
-        file,
-        separator=separator,
-        has_header=has_header,
-        truncate_ragged_lines=True,
-        quote_char=None,
-        **columns,
-    ).with_row_index(LINE, offset=header_lines + 1)
+
+    def parse(numeric: tuple[str, ...]) -> pl.DataFrame:
+        typed = dict.fromkeys(numeric, pl.Float64)
+        columns: dict[str, Any]
+        if has_header:
+            columns = {"new_columns": names, "schema_overrides": typed}
+        else:
+            # Without a header polars takes the width from the first line, which
+            # may be short or blank; fix it to the known names and pad short lines.
+            # (`missing_columns` and `extra_columns` need polars 2.)
+            columns = {
+                "schema": {n: typed.get(n, pl.String) for n in names or []},
+                "missing_columns": "insert",
+                "extra_columns": "ignore",
+            }
+        return pl.read_csv(
+            file,
+            separator=separator,
+            has_header=has_header,
+            infer_schema=False,
+            truncate_ragged_lines=True,
+            quote_char=None,
+            **columns,
+        )
+
+    try:
+        # Fast path: polars parses the label and numeric columns itself. Any
+        # value it cannot parse fails the whole read, and the text path below
+        # finds the line and column to report.
+        frame = parse(numeric)
+    except pl.exceptions.ComputeError:
+        frame = parse(())
+    frame = frame.with_row_index(LINE, offset=header_lines + 1)
     frame = frame.with_columns(pl.col(LINE).cast(pl.Int64))
     skip = pl.concat([blank[LINE], ragged[LINE]]).cast(pl.Int64)
     if skip.len():
@@ -316,19 +356,20 @@ def _field_counts(file: Path, separator: str) -> pl.DataFrame:
     Quoting is not interpreted: a separator inside a quoted field counts, so
     quoted CSV with embedded separators must be converted (or read as Parquet).
     """
-    lines = pl.read_csv(
-        file,
-        separator="\x1f",
-        has_header=False,
-        quote_char=None,
-        new_columns=["line"],
-        schema_overrides={"line": pl.String},
-    )
-    counts = pl.col("line").str.count_matches(separator, literal=True) + 1
-    return lines.select(
-        pl.when(pl.col("line").str.strip_chars("\r").str.len_bytes() > 0)
-        .then(counts)
-        .alias("fields")
+    line = pl.col("line")
+    counts = line.str.count_matches(separator, literal=True) + 1
+    blank = line.str.len_bytes() == 0
+    blank = blank | ((line.str.len_bytes() == 1) & line.str.ends_with("\r"))
+    return (
+        pl.scan_csv(
+            file,
+            separator="\x1f",
+            has_header=False,
+            quote_char=None,
+            schema={"line": pl.String},
+        )
+        .select(pl.when(~blank).then(counts).alias("fields"))
+        .collect()
     )
 
 
@@ -427,7 +468,11 @@ def _validate(
     checks: list[tuple[str, str, pl.Expr, pl.Expr]] = []  # column, what, bad, value
 
     label_raw = pl.col(roles.label)
-    label = label_raw.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+    if frame.schema[roles.label].is_numeric():
+        label = label_raw.cast(pl.Float64)
+    else:
+        label = label_raw.cast(pl.String).str.strip_chars()
+        label = label.cast(pl.Float64, strict=False)
     checks.append(
         (
             roles.label,
