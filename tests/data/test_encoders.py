@@ -229,3 +229,63 @@ def test_sequence_of_wrong_type_is_a_clear_error():
     bad = pl.DataFrame({"user": ["a"], "recent": [1.5], "label": [0]})
     with pytest.raises(TypeError, match="sequence column 'recent'"):
         FeatureEncoders(config(features)).fit(bad)
+
+
+def test_fitting_in_chunks_equals_one_fit():
+    rng = np.random.default_rng(0)
+    whole = pl.DataFrame(
+        {
+            "user": rng.integers(0, 40, 3000).astype(str),
+            "item": rng.integers(0, 500, 3000),
+            "recent": [list(rng.integers(0, 500, 3)) for _ in range(3000)],
+            "price": rng.lognormal(size=3000),
+            "count": rng.poisson(3.0, 3000).astype(float),
+            "label": rng.integers(0, 2, 3000),
+        }
+    )
+    features = [
+        *FEATURES,
+        {"name": "user", "kind": "sparse", "vocabulary": {"min_count": 80}},
+    ]
+    one = FeatureEncoders(config(features)).fit(whole)
+    chunked = FeatureEncoders(config(features))
+    for start in range(0, 3000, 700):
+        chunked.observe(whole.slice(start, 700))
+    chunked.settle()
+    assert one.tables["item"].keys.to_list() == chunked.tables["item"].keys.to_list()
+    assert one.tables["user"].keys.to_list() == chunked.tables["user"].keys.to_list()
+    assert one.scalers["price"].mean == pytest.approx(chunked.scalers["price"].mean)
+    assert one.scalers["price"].std == pytest.approx(chunked.scalers["price"].std)
+    a, b = one.transform(whole), chunked.transform(whole)
+    assert np.array_equal(a.sparse, b.sparse)
+    assert np.allclose(a.dense, b.dense, atol=1e-5)
+
+
+def test_a_text_chunk_after_integer_chunks_switches_keys_to_text():
+    vocab = Vocabulary(min_count=1)
+    vocab.observe(pl.Series(["1", "2", "2"])).observe(pl.Series(["x", "1"])).settle()
+    assert vocab.kind == "str"
+    # "1" and "2" are seen twice each (ties go by key), "x" once.
+    assert vocab.transform(pl.Series(["1", "2", "x", "y"])).tolist() == [3, 4, 5, OOV]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(-(2**40), 2**40), min_size=1, max_size=40),
+    st.lists(st.one_of(st.none(), st.integers(-(2**41), 2**41)), max_size=40),
+    st.booleans(),
+)
+def test_direct_lookup_agrees_with_the_hash_join(keys, values, compact):
+    if compact:
+        keys = [k % 1000 for k in keys]
+        values = [None if v is None else v % 1200 - 100 for v in values]
+    vocab = Vocabulary(min_count=1).fit(pl.Series(keys, dtype=pl.Int64))
+    series = pl.Series(values, dtype=pl.Int64)
+    joined = _apply_join(vocab, series)
+    assert vocab.transform(series).tolist() == joined
+
+
+def _apply_join(vocab, series):
+    from likely.data.encoders import _apply
+
+    return _apply(vocab, series).tolist()

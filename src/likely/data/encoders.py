@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,41 +153,58 @@ class Vocabulary:
         """Rows the embedding table needs, the reserved ids included."""
         return FIRST_ID + (0 if self.keys is None else len(self.keys))
 
+    _pending: list[pl.DataFrame] = field(default_factory=list, repr=False)
+    _table: tuple[int, np.ndarray] | None = field(default=None, repr=False)
+
     def fit(self, values: pl.Series) -> Vocabulary:
-        self.kind = _key_kind(values)
-        self.keys, self.counts = None, None
-        return self._add(values)
+        self.keys, self.counts, self._pending = None, None, []
+        return self.observe(values).settle()
 
     def extend(self, values: pl.Series) -> Vocabulary:
         """Append values not yet known; existing ids keep their place."""
-        if self.keys is None:
-            return self.fit(values)
-        return self._add(values)
+        return self.observe(values).settle()
 
-    def _add(self, values: pl.Series) -> Vocabulary:
-        keys = values.to_frame().select(
-            _as_keys(pl.col(values.name), values.dtype, self.kind)
-        )
-        keys = keys.to_series().drop_nulls()
-        counted = (
-            keys.rename("key")
+    def observe(self, values: pl.Series) -> Vocabulary:
+        """Count a chunk of values; `settle` turns the counts into ids."""
+        if self.keys is None:
+            kind = _key_kind(values)
+            if not self._pending:
+                self.kind = kind
+            elif kind == "str" and self.kind == "int":
+                # A later chunk holds text: count every chunk's keys as text.
+                self.kind = "str"
+                self._pending = [
+                    c.with_columns(pl.col("key").cast(pl.String)) for c in self._pending
+                ]
+        keys = (
+            values.rename("key")
             .to_frame()
+            .lazy()
+            .select(_as_keys(pl.col("key"), values.dtype, self.kind).alias("key"))
+        )
+        counted = keys.drop_nulls().group_by("key").len().collect()
+        self._pending.append(counted)
+        return self
+
+    def settle(self) -> Vocabulary:
+        """Append every value counted since the last settle at least min_count times."""
+        if not self._pending:
+            return self
+        counted = (
+            pl.concat(self._pending)
             .group_by("key")
-            .len()
+            .agg(pl.col("len").sum())
             .filter(pl.col("len") >= self.min_count)
             .sort(["len", "key"], descending=[True, False])
         )
+        self._pending, self._table = [], None
         if self.keys is None:
             self.keys = counted["key"]
             self.counts = counted["len"].to_numpy().astype(np.int64)
             return self
         known = pl.DataFrame({"key": self.keys})
-        new = counted.join(known, on="key", how="anti").sort(
-            ["len", "key"], descending=[True, False]
-        )
-        seen = counted.join(known.with_row_index("id"), on="key", how="inner").select(
-            "id", "len"
-        )
+        new = counted.join(known, on="key", how="anti", maintain_order="left")
+        seen = counted.join(known.with_row_index("id"), on="key", how="inner")
         counts = self.counts.copy()
         np.add.at(counts, seen["id"].to_numpy(), seen["len"].to_numpy())
         self.keys = pl.concat([self.keys, new["key"]])
@@ -195,7 +213,39 @@ class Vocabulary:
 
     def transform(self, values: pl.Series) -> np.ndarray:
         """Ids `(N,)` int32: known values, OOV for unknown, MISSING for null."""
-        return _apply(self, values)
+        ids = self.lookup(values)
+        return ids if ids is not None else _apply(self, values)
+
+    def lookup(self, values: pl.Series) -> np.ndarray | None:
+        """Ids by direct indexing, for integer keys in a compact range, else None.
+
+        A table indexed by `key - min_key` is several times faster than a hash
+        join; it is used when it costs at most ~8 entries per known key.
+        """
+        if self.kind != "int" or not values.dtype.is_integer() or self.keys is None:
+            return None
+        if self._table is None:
+            keys = self.keys.to_numpy()
+            if not len(keys):
+                return None
+            low, span = int(keys.min()), int(keys.max()) - int(keys.min()) + 1
+            if span > 8 * len(keys) + (1 << 20):
+                self._table = (0, np.zeros(0, np.int32))
+            else:
+                table = np.full(span, OOV, dtype=np.int32)
+                table[keys - low] = np.arange(FIRST_ID, self.size, dtype=np.int32)
+                self._table = (low, table)
+        low, table = self._table
+        if not len(table):
+            return None
+        raw = values.fill_null(low).to_numpy().astype(np.int64, copy=False)
+        offset = raw - low
+        outside = (offset < 0) | (offset >= len(table))
+        ids = table[np.where(outside, 0, offset)]
+        ids[outside] = OOV
+        if values.null_count():
+            ids[values.is_null().to_numpy()] = MISSING
+        return ids
 
     def expr(self, column: pl.Expr, dtype: pl.DataType) -> pl.Expr:
         """The transform as a polars expression, so columns encode in parallel."""
@@ -245,6 +295,12 @@ class HashBuckets:
     def extend(self, values: pl.Series) -> HashBuckets:
         return self
 
+    def observe(self, values: pl.Series) -> HashBuckets:
+        return self
+
+    def settle(self) -> HashBuckets:
+        return self
+
     def transform(self, values: pl.Series) -> np.ndarray:
         ids = FIRST_ID + (stable_hash(values) % np.uint64(self.buckets)).astype(
             np.int64
@@ -279,13 +335,39 @@ class DenseScaler:
             x = x.sign() * x.abs().log1p()
         return x
 
+    # Running count, sum and sum of squares of the scaled finite values.
+    _moments: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0], repr=False)
+
     def fit(self, values: pl.Series) -> DenseScaler:
-        if self.transform_name == DenseTransform.STANDARDIZE:
-            x = values.to_frame().select(self._scaled(pl.col(values.name))).to_series()
-            finite = x.filter(x.is_finite())
-            self.mean = float(finite.mean()) if len(finite) else 0.0
-            std = float(finite.std(ddof=0)) if len(finite) else 1.0
-            self.std = std if std > 0 else 1.0
+        self._moments = [0.0, 0.0, 0.0]
+        return self.observe(values).settle()
+
+    def observe(self, values: pl.Series) -> DenseScaler:
+        if self.transform_name != DenseTransform.STANDARDIZE:
+            return self
+        x = values.rename("x").to_frame().lazy().select(self._scaled(pl.col("x")))
+        finite = pl.col("x").filter(pl.col("x").is_finite())
+        n, total, squares = (
+            x.select(
+                finite.len().alias("n"),
+                finite.sum().alias("total"),
+                (finite * finite).sum().alias("squares"),
+            )
+            .collect()
+            .row(0)
+        )
+        self._moments = [
+            a + (b or 0.0)
+            for a, b in zip(self._moments, (n, total, squares), strict=True)
+        ]
+        return self
+
+    def settle(self) -> DenseScaler:
+        n, total, squares = self._moments
+        if self.transform_name == DenseTransform.STANDARDIZE and n:
+            self.mean = total / n
+            variance = max(squares / n - self.mean**2, 0.0)
+            self.std = math.sqrt(variance) if variance > 0 else 1.0
         return self
 
     def transform(self, values: pl.Series) -> np.ndarray:
@@ -323,17 +405,36 @@ class QuantileBuckets:
         edges = 0 if self.boundaries is None else len(self.boundaries)
         return FIRST_ID + edges + 1
 
+    # Boundaries come from a seeded sample of at most this many values per chunk,
+    # so fitting over many files keeps memory flat.
+    sample_per_chunk: int = 200_000
+    _samples: list[np.ndarray] = field(default_factory=list, repr=False)
+
     def fit(self, values: pl.Series) -> QuantileBuckets:
-        x = values.cast(pl.Float64).drop_nulls().drop_nans().to_numpy()
-        if x.size == 0:
-            self.boundaries = np.zeros(0)
-            return self
-        inner = np.linspace(0, 1, self.num_buckets + 1)[1:-1]
-        self.boundaries = np.unique(np.quantile(x, inner))
-        return self
+        self.boundaries, self._samples = None, []
+        return self.observe(values).settle()
 
     def extend(self, values: pl.Series) -> QuantileBuckets:
         # Boundaries stay fixed: moving them would change what every id means.
+        return self
+
+    def observe(self, values: pl.Series) -> QuantileBuckets:
+        if self.boundaries is not None:
+            return self
+        x = values.cast(pl.Float64).drop_nulls().drop_nans().to_numpy()
+        if x.size > self.sample_per_chunk:
+            rng = np.random.default_rng(len(self._samples))
+            x = rng.choice(x, self.sample_per_chunk, replace=False)
+        self._samples.append(x)
+        return self
+
+    def settle(self) -> QuantileBuckets:
+        if self.boundaries is not None:
+            return self
+        x = np.concatenate(self._samples) if self._samples else np.zeros(0)
+        self._samples = []
+        inner = np.linspace(0, 1, self.num_buckets + 1)[1:-1]
+        self.boundaries = np.unique(np.quantile(x, inner)) if x.size else np.zeros(0)
         return self
 
     def transform(self, values: pl.Series) -> np.ndarray:
@@ -458,10 +559,33 @@ class FeatureEncoders:
 
     def fit(self, frame: pl.DataFrame) -> FeatureEncoders:
         """Fit every encoder on a training frame (as returned by the readers)."""
+        self.reset()
+        return self.observe(frame).settle()
+
+    def reset(self) -> FeatureEncoders:
+        """Forget everything fitted, ready for `observe` over a new window."""
+        self.__init__(self.config)
+        return self
+
+    def observe(self, frame: pl.DataFrame) -> FeatureEncoders:
+        """Count one chunk of the training window; `settle` after the last one.
+
+        Fitting chunk by chunk gives the same vocabularies and scalers as one
+        fit on all rows (quantile boundaries come from a seeded sample), so a
+        window need never be in memory at once.
+        """
         for group, encoder in self.tables.items():
-            encoder.fit(self._group_values(frame, group))
+            encoder.observe(self._group_values(frame, group))
         for name, scaler in self.scalers.items():
-            scaler.fit(frame[self._feature(name).source])
+            scaler.observe(frame[self._feature(name).source])
+        return self
+
+    def settle(self) -> FeatureEncoders:
+        """Finish fitting from every chunk observed since `reset`."""
+        for encoder in self.tables.values():
+            encoder.settle()
+        for scaler in self.scalers.values():
+            scaler.settle()
         self._log_sizes("fitted")
         return self
 
@@ -494,14 +618,7 @@ class FeatureEncoders:
         config, data = self.config, self.config.data
         n = frame.height
         schema = frame.schema
-        sparse = self._select(
-            frame,
-            [
-                self.tables[f.group].expr(pl.col(f.source), schema[f.source])
-                for f in config.sparse_features
-            ],
-            np.int32,
-        )
+        sparse = self._sparse(frame)
         dense = self._select(
             frame,
             [
@@ -537,6 +654,34 @@ class FeatureEncoders:
             day.astype(np.int32),
             probability,
         )
+
+    def _sparse(self, frame: pl.DataFrame) -> np.ndarray:
+        """`(N, F)` ids: direct lookups where possible, the rest in one select."""
+        features = self.config.sparse_features
+        columns: list[np.ndarray | None] = []
+        for feature in features:
+            encoder = self.tables[feature.group]
+            fast = (
+                encoder.lookup(frame[feature.source])
+                if isinstance(encoder, Vocabulary)
+                else None
+            )
+            columns.append(fast)
+        rest = [j for j, column in enumerate(columns) if column is None]
+        if rest:
+            schema = frame.schema
+            exprs = [
+                self.tables[features[j].group].expr(
+                    pl.col(features[j].source), schema[features[j].source]
+                )
+                for j in rest
+            ]
+            selected = self._select(frame, exprs, np.int32)
+            for k, j in enumerate(rest):
+                columns[j] = selected[:, k]
+        if not columns:
+            return np.zeros((frame.height, 0), dtype=np.int32)
+        return np.stack(columns, axis=1)
 
     @staticmethod
     def _select(frame: pl.DataFrame, exprs: list[pl.Expr], dtype) -> np.ndarray:

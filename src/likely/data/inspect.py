@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from likely.config import LogFormat
-from likely.data.readers import CRITEO_COLUMNS, list_files
+from likely.data.readers import CRITEO_COLUMNS, list_files, with_partitions
 
 SAMPLE_ROWS = 200_000
 LABEL_NAMES = ("label", "click", "clicked", "is_click", "target", "y")
@@ -123,11 +123,7 @@ def _sample(path: Path, log_format: LogFormat, header: bool, sep: str | None):
         frames, rows = [], 0
         for file in files:
             frame = pl.read_parquet(file, n_rows=SAMPLE_ROWS - rows)
-            for part in file.relative_to(path).parts[:-1] if path.is_dir() else ():
-                key, eq, value = part.partition("=")
-                if eq and key not in frame.columns:
-                    frame = frame.with_columns(pl.lit(value).alias(key))
-            frames.append(frame)
+            frames.append(with_partitions(frame, file, path if path.is_dir() else None))
             rows += frame.height
             if rows >= SAMPLE_ROWS:
                 break

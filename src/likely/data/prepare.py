@@ -8,9 +8,10 @@ changed config or file never reuses a stale cache. It is built under a
 temporary name and renamed when complete: an interrupted prepare leaves nothing
 that a later run could mistake for a finished one.
 
-Known shortcoming: the window's raw columns are held in memory while encoders
-are fitted (the encoded arrays are what training memory-maps). A window larger
-than RAM needs the logs pre-aggregated or split into smaller windows.
+Files are processed one at a time, twice: a first pass fits the encoders and
+counts rows, a second encodes into preallocated arrays. Memory is bounded by the
+largest input file, not the window, so logs should come in files of a day or
+less (as day-partitioned Parquet does); one huge file is read whole.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import logging
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -32,7 +34,13 @@ import polars as pl
 from likely import __version__
 from likely.config import ExperimentConfig
 from likely.data.encoders import EncodedColumns, FeatureEncoders
-from likely.data.readers import ColumnRoles, list_files, read_logs
+from likely.data.readers import (
+    ColumnRoles,
+    list_files,
+    partition_values,
+    read_file,
+    read_logs,
+)
 from likely.data.windows import DayWindow, select_window
 
 logger = logging.getLogger(__name__)
@@ -78,18 +86,11 @@ def _file_stamps(files: list[Path]) -> list[list[Any]]:
 
 def _partition_day(file: Path, root: Path, column: str) -> dt.date | None:
     """The day of a file in a `column=YYYY-MM-DD` folder, else None."""
+    value = partition_values(file, root).get(column)
     try:
-        parts = file.relative_to(root).parts[:-1]
+        return dt.date.fromisoformat(value) if value else None
     except ValueError:
         return None
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if sep and key == column:
-            try:
-                return dt.date.fromisoformat(value)
-            except ValueError:
-                return None
-    return None
 
 
 def cache_key(
@@ -186,63 +187,157 @@ def prepare(
     return _build(config, window, files, folder)
 
 
-def _split_frames(
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One input file and what its rows are for."""
+
+    file: Path
+    root: Path
+    role: Literal["window", "train", "test"]  # window: split by day
+
+
+def _sources(
     config: ExperimentConfig, window: DayWindow | None, files: list[Path]
-) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:
+) -> list[_Source]:
     data = config.data
-    roles = ColumnRoles.from_config(config)
-    stats: dict[str, Any] = {"rows_read": 0, "rows_dropped": 0, "dropped": {}}
-
-    def read(path: Path, files: list[Path] | None = None) -> pl.DataFrame:
-        result = read_logs(data, roles, path, files)
-        stats["rows_read"] += result.rows_read
-        stats["rows_dropped"] += result.rows_dropped
-        for reason, count in result.dropped.items():
-            stats["dropped"][reason] = stats["dropped"].get(reason, 0) + count
-        return result.frame
-
     if window is not None:
-        frame = read(data.path, files)
+        return [_Source(f, data.path, "window") for f in files]
+    sources = [
+        _Source(f, data.path, "train") for f in list_files(data.path, data.format)
+    ]
+    if data.test_path is not None:
+        tests = list_files(data.test_path, data.format)
+        sources += [_Source(f, data.test_path, "test") for f in tests]
+    return sources
+
+
+def _chunk_splits(
+    config: ExperimentConfig,
+    window: DayWindow | None,
+    source: _Source,
+    index: int,
+    frame: pl.DataFrame,
+) -> dict[str, pl.DataFrame]:
+    """Rows of one file by split. The holdout draw is seeded per file."""
+    data = config.data
+    if source.role == "window":
         day = pl.col(data.date_column)
-        splits = {
+        parts = {
             "train": frame.filter(day.is_in(list(window.train_days))),
             "test": frame.filter(day == window.target_day),
         }
     else:
-        splits = {"train": read(data.path)}
-        if data.test_path is not None:
-            splits["test"] = read(data.test_path)
-    if data.holdout_fraction > 0:
-        train = splits["train"]
-        rng = np.random.default_rng(data.holdout_seed)
-        held = rng.random(train.height) < data.holdout_fraction
-        mask = pl.Series(held)
-        splits["train"], splits["valid"] = train.filter(~mask), train.filter(mask)
-    order = ("train", "valid", "test")
-    return {name: splits[name] for name in order if name in splits}, stats
+        parts = {source.role: frame}
+    train = parts.get("train")
+    if train is not None and data.holdout_fraction > 0:
+        rng = np.random.default_rng([data.holdout_seed, index])
+        held = pl.Series(rng.random(train.height) < data.holdout_fraction)
+        parts["train"], parts["valid"] = train.filter(~held), train.filter(held)
+    return {name: part for name, part in parts.items() if part.height}
+
+
+class _SplitWriter:
+    """One split's `.npy` arrays, preallocated and filled chunk by chunk."""
+
+    def __init__(self, folder: Path, rows: int):
+        self.folder, self.rows, self.offset = folder, rows, 0
+        self.arrays: dict[str, np.ndarray] = {}
+        self.clicks, self.days = 0, set()
+
+    def write(self, encoded: EncodedColumns) -> None:
+        if not self.arrays:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            names = list(ARRAY_NAMES)
+            if encoded.probability is not None:
+                names.append("probability")
+            for name in names:
+                part = getattr(encoded, name)
+                self.arrays[name] = np.lib.format.open_memmap(
+                    self.folder / f"{name}.npy",
+                    mode="w+",
+                    dtype=part.dtype,
+                    shape=(self.rows, *part.shape[1:]),
+                )
+        end = self.offset + len(encoded)
+        for name, array in self.arrays.items():
+            array[self.offset : end] = getattr(encoded, name)
+        self.offset = end
+        self.clicks += int(encoded.label.sum())
+        self.days.update(int(d) for d in np.unique(encoded.day) if d >= 0)
+
+    def close(self) -> dict[str, Any]:
+        """Release the arrays; the split's summary for the manifest."""
+        if self.offset != self.rows:
+            raise RuntimeError(
+                f"{self.folder.name}: wrote {self.offset} rows, expected {self.rows}; "
+                "did an input file change during prepare?"
+            )
+        # Unmapping leaves the pages to the kernel's write-back: they survive a
+        # crash of this process (not of the machine), without an msync per array.
+        self.arrays = {}
+        return {
+            "rows": self.rows,
+            "clicks": self.clicks,
+            "ctr": self.clicks / self.rows if self.rows else 0.0,
+            "days": [str(index_day(d)) for d in sorted(self.days)],
+        }
 
 
 def _build(
     config: ExperimentConfig, window: DayWindow | None, files: list[Path], folder: Path
 ) -> Prepared:
+    """Two passes over the files, one in memory at a time.
+
+    The first counts the training rows into the encoders and each split's rows;
+    the second reads each file again, encodes it and writes its rows into
+    preallocated arrays. Peak memory is one file's frame plus its encoded rows,
+    not the window's; the price is reading each file twice.
+    """
     started = time.perf_counter()
-    splits, stats = _split_frames(config, window, files)
-    if splits["train"].height == 0:
+    data = config.data
+    roles = ColumnRoles.from_config(config)
+    sources = _sources(config, window, files)
+    encoders = FeatureEncoders(config)
+    rows = dict.fromkeys(SPLITS, 0)
+    dropped: Counter[str] = Counter()
+    rows_read = 0
+    for index, source in enumerate(sources):
+        result = read_file(source.file, data, roles, root=source.root)
+        rows_read += result.rows_read
+        dropped.update(result.dropped)
+        for name, part in _chunk_splits(
+            config, window, source, index, result.frame
+        ).items():
+            rows[name] += part.height
+            if name == "train":
+                encoders.observe(part)
+    logger.info(
+        "read %d rows from %d file(s); dropped %d",
+        rows_read,
+        len(sources),
+        sum(dropped.values()),
+    )
+    for reason, count in sorted(dropped.items()):
+        logger.warning("dropped %d row(s): %s", count, reason)
+    if rows["train"] == 0:
         raise PrepareError("the training split is empty after reading the logs")
-    encoders = FeatureEncoders(config).fit(splits["train"])
+    encoders.settle()
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    summary = {}
-    for name, frame in splits.items():
-        encoded = encoders.transform(frame)
-        write_split(tmp / name, encoded)
-        summary[name] = split_summary(encoded)
-        logger.info(
-            "%s: %d rows, CTR %.4f", name, summary[name]["rows"], summary[name]["ctr"]
-        )
+    writers = {name: _SplitWriter(tmp / name, n) for name, n in rows.items() if n}
+    for index, source in enumerate(sources):
+        frame = read_file(source.file, data, roles, root=source.root).frame
+        for name, part in _chunk_splits(config, window, source, index, frame).items():
+            writers[name].write(encoders.transform(part))
+    summary = {name: writer.close() for name, writer in writers.items()}
+    for name, split in summary.items():
+        logger.info("%s: %d rows, CTR %.4f", name, split["rows"], split["ctr"])
     encoders.save(tmp / ENCODERS)
     manifest = {
         "likely_version": __version__,
@@ -256,9 +351,9 @@ def _build(
         "splits": summary,
         "vocab_sizes": encoders.vocab_sizes(),
         "cross_sizes": encoders.cross_sizes(),
-        "rows_read": stats["rows_read"],
-        "rows_dropped": stats["rows_dropped"],
-        "dropped": stats["dropped"],
+        "rows_read": rows_read,
+        "rows_dropped": sum(dropped.values()),
+        "dropped": dict(dropped),
         "seconds": round(time.perf_counter() - started, 3),
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -276,19 +371,6 @@ def write_split(folder: Path, encoded: EncodedColumns) -> None:
         np.save(folder / f"{name}.npy", getattr(encoded, name))
     if encoded.probability is not None:
         np.save(folder / "probability.npy", encoded.probability)
-
-
-def split_summary(encoded: EncodedColumns) -> dict[str, Any]:
-    """Rows, CTR and days of a split, for the manifest and `likely info`."""
-    rows = len(encoded)
-    days = sorted({int(d) for d in np.unique(encoded.day) if d >= 0})
-    summary: dict[str, Any] = {
-        "rows": rows,
-        "clicks": int(encoded.label.sum()),
-        "ctr": float(encoded.label.mean()) if rows else 0.0,
-        "days": [str(index_day(d)) for d in days],
-    }
-    return summary
 
 
 def load_manifest(folder: Path) -> dict[str, Any]:

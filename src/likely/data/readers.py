@@ -234,22 +234,44 @@ def _shown(columns: list[str], limit: int = 12) -> str:
     return f"{shown[:limit]}{more}"
 
 
+def partition_values(file: Path, root: Path | None) -> dict[str, str]:
+    """`key=value` folder names between `root` and `file`, as Spark writes them.
+
+    >>> partition_values(Path("logs/day=2026-11-01/part-0.parquet"), Path("logs"))
+    {'day': '2026-11-01'}
+    """
+    if root is None:
+        return {}
+    try:
+        parts = file.relative_to(root).parts[:-1]
+    except ValueError:
+        return {}
+    found = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if sep:
+            found[key] = value
+    return found
+
+
+def with_partitions(frame: pl.DataFrame, file: Path, root: Path | None) -> pl.DataFrame:
+    """Add the partition values of a file's folders as columns it lacks."""
+    values = partition_values(file, root)
+    return frame.with_columns(
+        pl.lit(value).alias(key)
+        for key, value in values.items()
+        if key not in frame.columns
+    )
+
+
 def _parquet(file: Path, root: Path | None) -> pl.DataFrame:
-    hive = root is not None and root.is_dir()
     try:
         frame = pl.read_parquet(file, hive_partitioning=False)
     except Exception as error:  # polars raises several types for corrupt files
         raise LogFormatError(
             file, None, None, f"not a readable Parquet file: {error}"
         ) from error
-    if hive:
-        # Day-partitioned folders (`day=2026-11-01/part-0.parquet`, as Spark and
-        # Flink write them) carry the partition values in the path.
-        for part in file.relative_to(root).parts[:-1]:
-            key, sep, value = part.partition("=")
-            if sep and key not in frame.columns:
-                frame = frame.with_columns(pl.lit(value).alias(key))
-    return frame
+    return with_partitions(frame, file, root)
 
 
 def _separator(data: DataConfig) -> str:
