@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -12,6 +13,14 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from likely import __version__
@@ -102,9 +111,13 @@ def prepare(
     try:
         cfg = load_config(config)
         target = parse_date(target_date) if target_date else None
-        with console.status("preparing: reading logs, fitting encoders, caching"):
+        with _progress_bar() as update:
             prepared = run_prepare(
-                cfg, target, allow_missing_days=allow_missing_days, force=force
+                cfg,
+                target,
+                allow_missing_days=allow_missing_days,
+                force=force,
+                progress=update,
             )
     except (ConfigError, PrepareError, WindowError, LogFormatError) as error:
         _fail(str(error))
@@ -112,6 +125,27 @@ def prepare(
         _fail(str(error))
     _print_info(prepared.folder, prepared.manifest)
     out.print(f"prepared: {prepared.folder}")
+
+
+@contextlib.contextmanager
+def _progress_bar():
+    """A rich progress bar driven by `progress(step, done, total)` callbacks."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("files"),
+        TimeElapsedColumn(),
+    )
+    with RichProgress(*columns, console=console, transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def update(step: str, done: int, total: int) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(step, total=total)
+            bar.update(tasks[step], completed=done)
+
+        yield update
 
 
 def _print_info(folder: Path, manifest: dict) -> None:

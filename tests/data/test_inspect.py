@@ -123,3 +123,27 @@ def test_empty_file(tmp_path):
     path.write_text("")
     with pytest.raises(ValueError, match="empty"):
         inspect_logs(path)
+
+
+def test_synthetic_logs(tmp_path):
+    from likely.data.synthetic import generate
+
+    generate(tmp_path / "logs", days=3, rows_per_day=4000, num_users=400, num_items=800)
+    inspection = inspect_logs(tmp_path / "logs")
+    _, config = write_and_load(inspection, tmp_path)
+    data = config.data
+    assert (data.label, data.date_column, data.user_column) == (
+        "label",
+        "day",
+        "user_id",
+    )
+    assert data.probability_column == "probability"
+    by_name = {f.name: f for f in config.features}
+    assert by_name["recent_clicks"].kind.value == "sequence"
+    assert by_name["recent_clicks"].group == by_name["item_id"].group
+    assert by_name["price"].kind.value == "dense"
+    assert by_name["user_type"].kind.value == "sparse"
+    assert by_name["user_id"].side.value == "user"
+    assert by_name["brand"].side.value == "item"
+    prepared = prepare(config, dt.date(2026, 11, 3), allow_missing_days=True)
+    assert prepared.manifest["splits"]["test"]["rows"] == 4000

@@ -24,6 +24,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -147,6 +148,7 @@ def prepare(
     *,
     allow_missing_days: bool = False,
     force: bool = False,
+    progress: Progress | None = None,
 ) -> Prepared:
     """Read the logs, select the window, fit encoders and cache the arrays.
 
@@ -155,6 +157,8 @@ def prepare(
         target: the evaluation day; required where the data has a date column.
         allow_missing_days: train on a window with gaps instead of refusing it.
         force: rebuild even when a finished cache for these inputs exists.
+        progress: called as `progress(step, done, total)` after each file of each
+            pass, for a progress bar.
 
     Returns:
         The prepared folder, reused where the inputs are unchanged.
@@ -184,10 +188,15 @@ def prepare(
     if (folder / MANIFEST).is_file() and not force:
         logger.info("reusing prepared data in %s (inputs unchanged)", folder)
         return Prepared(folder, json.loads((folder / MANIFEST).read_text()), True)
-    return _build(config, window, files, folder)
+    return _build(config, window, files, folder, progress or _no_progress)
 
 
 SPLITS = ("train", "valid", "test")
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(step: str, done: int, total: int) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -287,7 +296,11 @@ class _SplitWriter:
 
 
 def _build(
-    config: ExperimentConfig, window: DayWindow | None, files: list[Path], folder: Path
+    config: ExperimentConfig,
+    window: DayWindow | None,
+    files: list[Path],
+    folder: Path,
+    progress: Progress,
 ) -> Prepared:
     """Two passes over the files, one in memory at a time.
 
@@ -314,6 +327,7 @@ def _build(
             rows[name] += part.height
             if name == "train":
                 encoders.observe(part)
+        progress("fitting encoders", index + 1, len(sources))
     logger.info(
         "read %d rows from %d file(s); dropped %d",
         rows_read,
@@ -335,6 +349,7 @@ def _build(
         frame = read_file(source.file, data, roles, root=source.root).frame
         for name, part in _chunk_splits(config, window, source, index, frame).items():
             writers[name].write(encoders.transform(part))
+        progress("encoding", index + 1, len(sources))
     summary = {name: writer.close() for name, writer in writers.items()}
     for name, split in summary.items():
         logger.info("%s: %d rows, CTR %.4f", name, split["rows"], split["ctr"])

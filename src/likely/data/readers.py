@@ -13,9 +13,11 @@ then bad rows are dropped and counted, and the count is logged by reason.
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,55 +174,89 @@ def _log_result(root: Path, result: ReadResult) -> None:
         logger.warning("dropped %d row(s): %s", count, reason)
 
 
+CHUNK_BYTES = 64 << 20  # text is parsed in pieces of about this size
+
+
 def read_file(
     file: Path, data: DataConfig, roles: ColumnRoles, root: Path | None = None
 ) -> ReadResult:
     """Read and validate one file; see the module docstring for the rules."""
+    chunks = list(read_chunks(file, data, roles, root))
+    frames = [c.frame for c in chunks]
+    frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+    dropped: Counter[str] = Counter()
+    for chunk in chunks:
+        dropped.update(chunk.dropped)
+    return ReadResult(frame, [file], sum(c.rows_read for c in chunks), dropped)
+
+
+def read_chunks(
+    file: Path,
+    data: DataConfig,
+    roles: ColumnRoles,
+    root: Path | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[ReadResult]:
+    """Read and validate one file in pieces, so a huge text log never sits whole
+    in memory. Line numbers in errors count from the start of the file."""
     if file.stat().st_size == 0:
         raise LogFormatError(file, None, None, "the file is empty")
     # Delimited text can have polars parse the numbers (the fast path); Parquet is
     # typed already and libFM has its own parser.
     typed_by_polars = data.format not in (LogFormat.PARQUET, LogFormat.LIBFM)
     numeric = (roles.label, *roles.numeric) if typed_by_polars else ()
-    try:
-        return _read_file(file, data, roles, root, numeric)
-    except LogFormatError:
-        if not numeric:
-            raise
-        # Numbers were parsed by polars; read the file again as text so the
-        # error quotes the value exactly as the file holds it.
-        return _read_file(file, data, roles, root, ())
-
-
-def _read_file(
-    file: Path,
-    data: DataConfig,
-    roles: ColumnRoles,
-    root: Path | None,
-    numeric: tuple[str, ...],
-) -> ReadResult:
-    if data.format == LogFormat.PARQUET:
-        frame, header_lines, dropped = _parquet(file, root), 0, Counter()
-    elif data.format == LogFormat.LIBFM:
-        (frame, dropped), header_lines = parse_libfm(file, data), 0
-    else:
-        frame, header_lines, dropped = _delimited(file, data, numeric)
-    if frame.height == 0:
+    rows = 0
+    for parse in _parsers(file, data, root, chunk_bytes):
+        try:
+            result = _checked(file, data, roles, parse(numeric))
+        except LogFormatError:
+            if not numeric:
+                raise
+            # Numbers were parsed by polars; parse the piece again as text so
+            # the error quotes the value exactly as the file holds it.
+            result = _checked(file, data, roles, parse(()))
+        rows += result.rows_read
+        yield result
+    if rows == 0:
         raise LogFormatError(file, None, None, "the file has no data rows")
+
+
+Parsed = tuple[pl.DataFrame, Counter]  # rows with their LINE, and dropped rows
+Parser = Callable[[tuple[str, ...]], Parsed]
+
+
+def _parsers(
+    file: Path, data: DataConfig, root: Path | None, chunk_bytes: int
+) -> Iterator[Parser]:
+    """One parser per piece of the file; each takes the columns to parse as
+    numbers."""
+    if data.format == LogFormat.PARQUET:
+        yield lambda numeric: (_parquet(file, root).with_row_index(LINE, 1), Counter())
+    elif data.format == LogFormat.LIBFM:
+        yield lambda numeric: parse_libfm(file, data)
+    else:
+        yield from _delimited_parsers(file, data, chunk_bytes)
+
+
+def _checked(
+    file: Path, data: DataConfig, roles: ColumnRoles, parsed: Parsed
+) -> ReadResult:
+    frame, dropped = parsed
+    frame = frame.with_columns(pl.col(LINE).cast(pl.Int64))
     rows_read = frame.height + sum(dropped.values())
-    if LINE not in frame.columns:
-        frame = frame.with_row_index(LINE, offset=header_lines + 1)
     sources: dict[str, str] = {}  # derived column -> the column it comes from
     if data.format == LogFormat.AVAZU and "hour" in frame.columns:
         frame, sources = _avazu_day(frame), {DAY: "hour"}
     missing = [c for c in roles.columns if c not in frame.columns]
-    if missing:
+    if missing and frame.height:
         raise LogFormatError(
             file,
             None,
             None,
             f"missing column(s) {missing}; the file has {_shown(frame.columns)}",
         )
+    if missing:
+        frame = frame.with_columns(pl.lit(None, pl.String).alias(c) for c in missing)
     extra = [c for c in sources.values() if c not in roles.columns]
     frame = frame.select(LINE, *roles.columns, *extra)
     frame, bad = _validate(file, frame, roles, data.on_error, sources)
@@ -282,97 +318,133 @@ def _separator(data: DataConfig) -> str:
     return ","
 
 
-def _delimited(
-    file: Path, data: DataConfig, numeric: tuple[str, ...] = ()
-) -> tuple[pl.DataFrame, int, Counter]:
-    """CSV-like text: check each line's field count, then parse.
+@dataclass(frozen=True)
+class _TextPiece:
+    """Whole lines of a text file, and the file line number of the first."""
 
-    `numeric` columns (the label, dense features) are parsed as numbers where
-    every value is one, else everything is read as text for `_validate`.
+    data: bytes
+    first_line: int
+
+
+def _text_pieces(file: Path, chunk_bytes: int) -> Iterator[_TextPiece]:
+    line = 1
+    with file.open("rb") as handle:
+        while block := handle.read(chunk_bytes):
+            if not block.endswith(b"\n"):
+                block += handle.readline()
+            yield _TextPiece(block, line)
+            line += block.count(b"\n")
+
+
+def _delimited_parsers(
+    file: Path, data: DataConfig, chunk_bytes: int
+) -> Iterator[Parser]:
+    """CSV-like text, piece by piece: check each line's field count, then parse.
+
+    Columns asked for as numbers (the label, dense features) are parsed by polars
+    where every value is one; else everything is read as text for `_validate`.
     """
     separator = _separator(data)
-    has_header = data.header
     names = data.column_names
     if names is None and data.format == LogFormat.CRITEO:
         names = CRITEO_COLUMNS
-    lines = _field_counts(file, separator)
-    header_lines = 1 if has_header else 0
-    if has_header:
-        if lines.height == 0 or lines["fields"][0] is None:
-            raise LogFormatError(file, 1, None, "expected a header line")
-        expected = int(lines["fields"][0])
-        if names is not None and expected != len(names):
-            raise LogFormatError(
-                file,
-                1,
-                None,
-                f"expected {len(names)} names in the header, found {expected}",
-            )
-    elif names is not None:
-        expected = len(names)
-    else:
+    if not data.header and names is None:
         raise LogFormatError(
             file,
             None,
             None,
             "has_header is false but data.column_names is not set; name the columns",
         )
-    body = lines.slice(header_lines).with_row_index(LINE, offset=header_lines + 1)
+    for index, piece in enumerate(_text_pieces(file, chunk_bytes)):
+        header = data.header and index == 0
+        counts = _field_counts(piece.data, separator)
+        if header:
+            if counts.height == 0 or counts["fields"][0] is None:
+                raise LogFormatError(file, 1, None, "expected a header line")
+            header_names = _header_names(piece.data, separator)
+            if names is not None and len(header_names) != len(names):
+                raise LogFormatError(
+                    file,
+                    1,
+                    None,
+                    f"expected {len(names)} names in the header, "
+                    f"found {len(header_names)}",
+                )
+            names = names or header_names
+        yield _piece_parser(file, data, piece, header, names, counts, separator)
+
+
+def _header_names(text: bytes, separator: str) -> list[str]:
+    first = text.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    return first.split(separator)
+
+
+def _piece_parser(
+    file: Path,
+    data: DataConfig,
+    piece: _TextPiece,
+    header: bool,
+    names: list[str],
+    counts: pl.DataFrame,
+    separator: str,
+) -> Parser:
+    skip_lines = 1 if header else 0
+    first_row_line = piece.first_line + skip_lines
+    body = counts.slice(skip_lines).with_row_index(LINE, offset=first_row_line)
     blank = body.filter(pl.col("fields").is_null())
     ragged = body.filter(
-        pl.col("fields").is_not_null() & (pl.col("fields") != expected)
+        pl.col("fields").is_not_null() & (pl.col("fields") != len(names))
     )
     dropped: Counter[str] = Counter()
     if ragged.height and data.on_error == ErrorPolicy.RAISE:
         line, got = ragged.row(0)[0], ragged.row(0)[1]
         raise LogFormatError(
-            file, line, None, f"expected {expected} fields, found {got}"
+            file, line, None, f"expected {len(names)} fields, found {got}"
         )
     if ragged.height:
-        dropped[f"expected {expected} fields"] += ragged.height
+        dropped[f"expected {len(names)} fields"] += ragged.height
+    if blank.height:
+        logger.info("%s: ignored %d blank line(s)", file, blank.height)
+    skip = pl.concat([blank[LINE], ragged[LINE]]).cast(pl.Int64)
 
-    def parse(numeric: tuple[str, ...]) -> pl.DataFrame:
+    def parse(numeric: tuple[str, ...]) -> Parsed:
         typed = dict.fromkeys(numeric, pl.Float64)
-        columns: dict[str, Any]
-        if has_header:
-            columns = {"new_columns": names, "schema_overrides": typed}
+        kwargs: dict[str, Any] = {
+            "separator": separator,
+            "has_header": header,
+            "infer_schema": False,
+            "truncate_ragged_lines": True,
+            "quote_char": None,
+        }
+        if header:
+            kwargs |= {"schema_overrides": typed}
         else:
             # Without a header polars takes the width from the first line, which
             # may be short or blank; fix it to the known names and pad short lines.
             # (`missing_columns` and `extra_columns` need polars 2.)
-            columns = {
-                "schema": {n: typed.get(n, pl.String) for n in names or []},
+            kwargs |= {
+                "schema": {n: typed.get(n, pl.String) for n in names},
                 "missing_columns": "insert",
                 "extra_columns": "ignore",
             }
-        return pl.read_csv(
-            file,
-            separator=separator,
-            has_header=has_header,
-            infer_schema=False,
-            truncate_ragged_lines=True,
-            quote_char=None,
-            **columns,
-        )
+        try:
+            # Fast path: polars parses the numeric columns itself. Any value it
+            # cannot parse fails the whole piece, and the text parse finds it.
+            frame = pl.read_csv(io.BytesIO(piece.data), **kwargs)
+        except pl.exceptions.ComputeError:
+            if not numeric:
+                raise
+            return parse(())
+        frame = frame.with_row_index(LINE, offset=first_row_line)
+        frame = frame.with_columns(pl.col(LINE).cast(pl.Int64))
+        if skip.len():
+            frame = frame.filter(~pl.col(LINE).is_in(skip.implode()))
+        return frame, Counter(dropped)
 
-    try:
-        # Fast path: polars parses the label and numeric columns itself. Any
-        # value it cannot parse fails the whole read, and the text path below
-        # finds the line and column to report.
-        frame = parse(numeric)
-    except pl.exceptions.ComputeError:
-        frame = parse(())
-    frame = frame.with_row_index(LINE, offset=header_lines + 1)
-    frame = frame.with_columns(pl.col(LINE).cast(pl.Int64))
-    skip = pl.concat([blank[LINE], ragged[LINE]]).cast(pl.Int64)
-    if skip.len():
-        frame = frame.filter(~pl.col(LINE).is_in(skip.implode()))
-    if blank.height:
-        logger.info("%s: ignored %d blank line(s)", file, blank.height)
-    return frame, header_lines, dropped
+    return parse
 
 
-def _field_counts(file: Path, separator: str) -> pl.DataFrame:
+def _field_counts(text: bytes, separator: str) -> pl.DataFrame:
     """Number of fields on each line (null for a blank line), one pass in polars.
 
     Quoting is not interpreted: a separator inside a quoted field counts, so
@@ -382,17 +454,14 @@ def _field_counts(file: Path, separator: str) -> pl.DataFrame:
     counts = line.str.count_matches(separator, literal=True) + 1
     blank = line.str.len_bytes() == 0
     blank = blank | ((line.str.len_bytes() == 1) & line.str.ends_with("\r"))
-    return (
-        pl.scan_csv(
-            file,
-            separator="\x1f",
-            has_header=False,
-            quote_char=None,
-            schema={"line": pl.String},
-        )
-        .select(pl.when(~blank).then(counts).alias("fields"))
-        .collect()
+    lines = pl.read_csv(
+        io.BytesIO(text),
+        separator="\x1f",
+        has_header=False,
+        quote_char=None,
+        schema={"line": pl.String},
     )
+    return lines.select(pl.when(~blank).then(counts).alias("fields"))
 
 
 def _avazu_day(frame: pl.DataFrame) -> pl.DataFrame:
