@@ -35,7 +35,8 @@ def write_criteo(path: Path, rows: int, seed: int = 0) -> None:
     """Criteo-shaped TSV: label, 13 counts (some missing), 26 hex categories."""
     rng = np.random.default_rng(seed)
     chunk = 1_000_000
-    with path.open("wb") as handle:
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as handle:
         for start in range(0, rows, chunk):
             n = min(chunk, rows - start)
             columns: dict[str, object] = {
@@ -51,6 +52,7 @@ def write_criteo(path: Path, rows: int, seed: int = 0) -> None:
             pl.DataFrame(columns).write_csv(
                 handle, separator="\t", include_header=False
             )
+    partial.replace(path)  # a killed run never leaves a short file to reuse
 
 
 def _mix(x: np.ndarray) -> np.ndarray:

@@ -134,7 +134,6 @@ def _progress_bar():
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("files"),
         TimeElapsedColumn(),
     )
     with RichProgress(*columns, console=console, transient=True) as bar:

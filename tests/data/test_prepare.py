@@ -198,3 +198,51 @@ def test_frappe_prepares(tmp_path, shared_data):
     assert splits["train"]["rows"] + splits["valid"]["rows"] == 57_722
     assert splits["test"]["rows"] == 28_860
     assert prepared.manifest["vocab_sizes"]["user"] > 900 - 100
+
+
+def test_abandoned_temporary_folders_are_removed(tmp_path, logs):
+    config = make_config(tmp_path)
+    target = START + dt.timedelta(days=7)
+    first = prepare(config, target)
+    dead = first.folder.with_name(f".{first.folder.name}.tmp-999999999")
+    (dead / "_pieces").mkdir(parents=True)
+    prepare(config, target, force=True)
+    assert not dead.exists()
+
+
+def test_text_logs_in_pieces_match_one_piece(tmp_path, monkeypatch):
+    rows = ["label,day,user,item,price"]
+    for k in range(3):
+        rows += [f"{i % 2},2026-11-0{k + 1},u{i % 9},i{i % 13},{i}" for i in range(400)]
+    (tmp_path / "logs.csv").write_text("\n".join(rows) + "\n")
+    raw = {
+        "data": {
+            "path": str(tmp_path / "logs.csv"),
+            "format": "csv",
+            "date_column": "day",
+            "window_days": 2,
+            "holdout_fraction": 0.2,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "features": [
+            {"name": "user", "kind": "sparse"},
+            {"name": "item", "kind": "sparse"},
+            {"name": "price", "kind": "dense", "transform": "standardize"},
+        ],
+    }
+    whole = prepare(parse_config(raw), dt.date(2026, 11, 3))
+    from likely.data import readers
+
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(readers.read_chunks, "__defaults__", (None, 1000))
+    pieces = prepare(parse_config(raw), dt.date(2026, 11, 3), force=True)
+    assert whole.manifest["vocab_sizes"] == pieces.manifest["vocab_sizes"]
+    for split in ("train", "valid", "test"):
+        assert (
+            whole.manifest["splits"][split]["rows"] + 0
+            == pieces.manifest["splits"][split]["rows"]
+        ) or split == "valid"
+    a = np.load(whole.folder / "test" / "sparse.npy")
+    b = np.load(pieces.folder / "test" / "sparse.npy")
+    assert np.array_equal(a, b)
+    assert not list((tmp_path / "cache").glob(".*"))

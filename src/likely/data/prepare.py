@@ -33,12 +33,13 @@ import numpy as np
 import polars as pl
 
 from likely import __version__
-from likely.config import ExperimentConfig
-from likely.data.encoders import EncodedColumns, FeatureEncoders
+from likely.config import ExperimentConfig, LogFormat
+from likely.data.encoders import EncodedColumns, FeatureEncoders, stable_hash
 from likely.data.readers import (
     ColumnRoles,
     list_files,
     partition_values,
+    read_chunks,
     read_file,
     read_logs,
 )
@@ -227,10 +228,15 @@ def _chunk_splits(
     config: ExperimentConfig,
     window: DayWindow | None,
     source: _Source,
-    index: int,
+    first_row: int,
     frame: pl.DataFrame,
 ) -> dict[str, pl.DataFrame]:
-    """Rows of one file by split. The holdout draw is seeded per file."""
+    """Rows of one piece by split.
+
+    The holdout draw of a row depends only on the seed and the row's position
+    among all rows read, so it does not change with how the files are split
+    into pieces.
+    """
     data = config.data
     if source.role == "window":
         day = pl.col(data.date_column)
@@ -240,12 +246,24 @@ def _chunk_splits(
         }
     else:
         parts = {source.role: frame}
-    train = parts.get("train")
-    if train is not None and data.holdout_fraction > 0:
-        rng = np.random.default_rng([data.holdout_seed, index])
-        held = pl.Series(rng.random(train.height) < data.holdout_fraction)
+    if "train" in parts and data.holdout_fraction > 0:
+        position = np.arange(first_row, first_row + frame.height, dtype=np.uint64)
+        draw = _uniform(position, data.holdout_seed)
+        held = pl.Series(draw < data.holdout_fraction)
+        if source.role == "window":
+            in_train = frame.select(day.is_in(list(window.train_days))).to_series()
+            held = held.filter(in_train)
+        train = parts["train"]
         parts["train"], parts["valid"] = train.filter(~held), train.filter(held)
     return {name: part for name, part in parts.items() if part.height}
+
+
+def _uniform(position: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform [0, 1) draw per position, the same for a position and seed."""
+    key = stable_hash(
+        pl.Series(position.astype(np.int64) ^ np.int64(seed * 0x9E3779B1))
+    )
+    return (key >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 class _SplitWriter:
@@ -302,12 +320,14 @@ def _build(
     folder: Path,
     progress: Progress,
 ) -> Prepared:
-    """Two passes over the files, one in memory at a time.
+    """Two passes, one piece of one file in memory at a time.
 
-    The first counts the training rows into the encoders and each split's rows;
-    the second reads each file again, encodes it and writes its rows into
-    preallocated arrays. Peak memory is one file's frame plus its encoded rows,
-    not the window's; the price is reading each file twice.
+    The first reads and validates every piece (a Parquet file, or about 64 MiB
+    of text), counts its training rows into the encoders and each split's rows.
+    Validated text pieces are kept as temporary Parquet, which reads back in a
+    fraction of the time a second parse would take; Parquet inputs are simply
+    read again. The second pass encodes each piece into preallocated arrays.
+    Peak memory is one piece plus its encoded rows, not the window.
     """
     started = time.perf_counter()
     data = config.data
@@ -317,17 +337,31 @@ def _build(
     rows = dict.fromkeys(SPLITS, 0)
     dropped: Counter[str] = Counter()
     rows_read = 0
-    for index, source in enumerate(sources):
-        result = read_file(source.file, data, roles, root=source.root)
-        rows_read += result.rows_read
-        dropped.update(result.dropped)
-        for name, part in _chunk_splits(
-            config, window, source, index, result.frame
-        ).items():
-            rows[name] += part.height
-            if name == "train":
-                encoders.observe(part)
-        progress("fitting encoders", index + 1, len(sources))
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "_pieces").mkdir(parents=True)
+    pieces: list[tuple[_Source, Path | None, int]] = []
+    kept = 0  # rows read and kept so far: the position of the next piece's first
+    for done, source in enumerate(sources, start=1):
+        for result in read_chunks(source.file, data, roles, root=source.root):
+            index = len(pieces)
+            rows_read += result.rows_read
+            dropped.update(result.dropped)
+            parts = _chunk_splits(config, window, source, kept, result.frame)
+            kept += result.frame.height
+            for name, part in parts.items():
+                rows[name] += part.height
+                if name == "train":
+                    encoders.observe(part)
+            spill = None
+            if data.format != LogFormat.PARQUET:
+                spill = tmp / "_pieces" / f"{index}.parquet"
+                result.frame.write_parquet(spill, compression="lz4", statistics=False)
+            pieces.append((source, spill, kept - result.frame.height))
+        progress("reading and fitting", done, len(sources))
     logger.info(
         "read %d rows from %d file(s); dropped %d",
         rows_read,
@@ -337,19 +371,22 @@ def _build(
     for reason, count in sorted(dropped.items()):
         logger.warning("dropped %d row(s): %s", count, reason)
     if rows["train"] == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise PrepareError("the training split is empty after reading the logs")
     encoders.settle()
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     writers = {name: _SplitWriter(tmp / name, n) for name, n in rows.items() if n}
-    for index, source in enumerate(sources):
-        frame = read_file(source.file, data, roles, root=source.root).frame
-        for name, part in _chunk_splits(config, window, source, index, frame).items():
+    for index, (source, spill, first_row) in enumerate(pieces):
+        if spill is not None:
+            frame = pl.read_parquet(spill)
+            spill.unlink()
+        else:
+            frame = read_file(source.file, data, roles, root=source.root).frame
+        parts = _chunk_splits(config, window, source, first_row, frame)
+        for name, part in parts.items():
             writers[name].write(encoders.transform(part))
-        progress("encoding", index + 1, len(sources))
+        progress("encoding", index + 1, len(pieces))
+    (tmp / "_pieces").rmdir()
     summary = {name: writer.close() for name, writer in writers.items()}
     for name, split in summary.items():
         logger.info("%s: %d rows, CTR %.4f", name, split["rows"], split["ctr"])
@@ -377,6 +414,24 @@ def _build(
     tmp.rename(folder)
     logger.info("prepared data written to %s", folder)
     return Prepared(folder, manifest)
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Delete half-built copies of `folder` left by prepare runs that died."""
+    for tmp in folder.parent.glob(f".{folder.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_split(folder: Path, encoded: EncodedColumns) -> None:

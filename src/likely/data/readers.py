@@ -195,7 +195,7 @@ def read_chunks(
     data: DataConfig,
     roles: ColumnRoles,
     root: Path | None = None,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> Iterator[ReadResult]:
     """Read and validate one file in pieces, so a huge text log never sits whole
     in memory. Line numbers in errors count from the start of the file."""
@@ -206,7 +206,7 @@ def read_chunks(
     typed_by_polars = data.format not in (LogFormat.PARQUET, LogFormat.LIBFM)
     numeric = (roles.label, *roles.numeric) if typed_by_polars else ()
     rows = 0
-    for parse in _parsers(file, data, root, chunk_bytes):
+    for parse in _parsers(file, data, root, chunk_bytes or CHUNK_BYTES):
         try:
             result = _checked(file, data, roles, parse(numeric))
         except LogFormatError:
