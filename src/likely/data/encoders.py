@@ -155,6 +155,7 @@ class Vocabulary:
 
     _pending: list[pl.DataFrame] = field(default_factory=list, repr=False)
     _table: tuple[int, np.ndarray] | None = field(default=None, repr=False)
+    _enum: pl.Enum | None = field(default=None, repr=False)
 
     def fit(self, values: pl.Series) -> Vocabulary:
         self.keys, self.counts, self._pending = None, None, []
@@ -197,7 +198,7 @@ class Vocabulary:
             .filter(pl.col("len") >= self.min_count)
             .sort(["len", "key"], descending=[True, False])
         )
-        self._pending, self._table = [], None
+        self._pending, self._table, self._enum = [], None, None
         if self.keys is None:
             self.keys = counted["key"]
             self.counts = counted["len"].to_numpy().astype(np.int64)
@@ -251,12 +252,20 @@ class Vocabulary:
         """The transform as a polars expression, so columns encode in parallel."""
         if self.keys is None:
             raise RuntimeError("vocabulary used before fit")
-        ids = _as_keys(column, dtype, self.kind).replace_strict(
-            self.keys,
-            pl.int_range(FIRST_ID, self.size, dtype=pl.Int32, eager=True),
-            default=OOV,
-            return_dtype=pl.Int32,
-        )
+        if self.kind == "str":
+            # A cast to an Enum of the keys gives each key's position; about
+            # twice as fast as replace_strict on text. Unknown text gives null.
+            if self._enum is None:
+                self._enum = pl.Enum(self.keys)
+            position = column.cast(pl.String).cast(self._enum, strict=False)
+            ids = (position.to_physical().cast(pl.Int32) + FIRST_ID).fill_null(OOV)
+        else:
+            ids = _as_keys(column, dtype, self.kind).replace_strict(
+                self.keys,
+                pl.int_range(FIRST_ID, self.size, dtype=pl.Int32, eager=True),
+                default=OOV,
+                return_dtype=pl.Int32,
+            )
         return pl.when(column.is_null()).then(pl.lit(MISSING, pl.Int32)).otherwise(ids)
 
     def to_json(self) -> dict[str, Any]:
@@ -668,20 +677,23 @@ class FeatureEncoders:
             )
             columns.append(fast)
         rest = [j for j, column in enumerate(columns) if column is None]
-        if rest:
-            schema = frame.schema
-            exprs = [
-                self.tables[features[j].group].expr(
-                    pl.col(features[j].source), schema[features[j].source]
-                )
-                for j in rest
-            ]
-            selected = self._select(frame, exprs, np.int32)
-            for k, j in enumerate(rest):
-                columns[j] = selected[:, k]
         if not columns:
             return np.zeros((frame.height, 0), dtype=np.int32)
-        return np.stack(columns, axis=1)
+        schema = frame.schema
+        exprs = [
+            pl.lit(pl.Series(columns[j])).alias(f"c{j}")
+            if columns[j] is not None
+            else self.tables[features[j].group]
+            .expr(pl.col(features[j].source), schema[features[j].source])
+            .alias(f"c{j}")
+            for j in range(len(features))
+        ]
+        if not rest:
+            return np.stack(columns, axis=1)
+        # One select and one row-major copy: a column-by-column stack into
+        # (N, F) costs more than the lookups themselves.
+        selected = frame.lazy().select(exprs).collect()
+        return selected.to_numpy(order="c").astype(np.int32, copy=False)
 
     @staticmethod
     def _select(frame: pl.DataFrame, exprs: list[pl.Expr], dtype) -> np.ndarray:
