@@ -715,10 +715,13 @@ class FeatureEncoders:
                 frame[feature.source], feature.list_separator, feature.max_length or 1
             )
             ids = self.tables[feature.group].transform(flat)
-            rows = np.repeat(np.arange(frame.height), lengths)
+            # Item k of row r goes to flat position r*S*L + s*L + (k - start_r):
+            # one repeat of a per-row shift and one 1-D scatter.
             starts = np.cumsum(lengths) - lengths
-            slots = np.arange(len(ids)) - np.repeat(starts, lengths)
-            out[rows, s, slots] = ids
+            width = len(features) * longest
+            shift = np.arange(frame.height) * width + s * longest - starts
+            target = np.arange(len(ids)) + np.repeat(shift, lengths)
+            out.reshape(-1)[target] = ids
         return out
 
     def _crosses(self, sparse: np.ndarray) -> np.ndarray:
