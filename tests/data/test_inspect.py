@@ -53,10 +53,14 @@ def test_avazu_sample(tmp_path, shared_data):
     inspection = inspect_logs(shared_data / "samples" / "avazu_sample.txt")
     _, config = write_and_load(inspection, tmp_path)
     assert config.data.format.value == "avazu"
-    assert config.data.label == "click" and config.data.date_column == "day"
+    assert config.data.label == "click"
+    # The sample holds one day: a day window could not train, so it holds out.
+    assert config.data.date_column is None and config.data.holdout_fraction == 0.1
     names = {f.name for f in config.features}
     assert "id" not in names  # one value per impression: useless as a feature
     assert {"site_id", "app_id", "device_model"} <= names
+    splits = prepare(config).manifest["splits"]
+    assert splits["train"]["rows"] + splits["valid"]["rows"] == 100
 
 
 def test_raw_criteo_tsv_and_libfm(tmp_path, shared_data):

@@ -191,6 +191,14 @@ def _date_like(series: pl.Series) -> bool:
     return parsed.len() > 0 and parsed.null_count() == 0
 
 
+def _days(series: pl.Series) -> int:
+    if series.dtype == pl.String:
+        series = series.str.to_date("%Y-%m-%d", strict=False)
+    elif isinstance(series.dtype, pl.Datetime):
+        series = series.dt.date()
+    return series.drop_nulls().n_unique()
+
+
 def _find_date(frame: pl.DataFrame) -> tuple[str | None, str]:
     for column in frame.columns:
         if column.lower() in DATE_NAMES and _date_like(frame[column]):
@@ -271,6 +279,12 @@ def inspect_logs(path: Path) -> Inspection:
     result.data["label"] = label
     result.data_notes.append(f"label: {why}")
     date, why = _find_date(frame)
+    whole_file = frame.height < SAMPLE_ROWS
+    if date and whole_file and _days(frame[date]) < 2:
+        # A day window needs earlier days to train on; with one day in all the
+        # logs, a random holdout is the only split that can train.
+        why = f"'{date}' holds dates, but only one day: trains on a random holdout"
+        date = None
     result.data_notes.append(f"date_column: {why}")
     if date:
         result.data["date_column"] = date
