@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import polars as pl
@@ -267,44 +267,53 @@ def _uniform(position: np.ndarray, seed: int) -> np.ndarray:
 
 
 class _SplitWriter:
-    """One split's `.npy` arrays, preallocated and filled chunk by chunk."""
+    """One split's `.npy` arrays, written chunk by chunk in row order.
+
+    Each file gets its final header up front (the row count is known from the
+    first pass), then every chunk's rows are appended. Plain writes rather than
+    a memory map keep the written pages out of this process's resident memory.
+    """
 
     def __init__(self, folder: Path, rows: int):
         self.folder, self.rows, self.offset = folder, rows, 0
-        self.arrays: dict[str, np.ndarray] = {}
+        self.files: dict[str, BinaryIO] = {}
         self.clicks, self.days = 0, set()
 
+    def _open(self, encoded: EncodedColumns) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        names = list(ARRAY_NAMES)
+        if encoded.probability is not None:
+            names.append("probability")
+        for name in names:
+            part = getattr(encoded, name)
+            handle = (self.folder / f"{name}.npy").open("wb")
+            header = {
+                "descr": np.lib.format.dtype_to_descr(part.dtype),
+                "fortran_order": False,
+                "shape": (self.rows, *part.shape[1:]),
+            }
+            np.lib.format.write_array_header_2_0(handle, header)
+            self.files[name] = handle
+
     def write(self, encoded: EncodedColumns) -> None:
-        if not self.arrays:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            names = list(ARRAY_NAMES)
-            if encoded.probability is not None:
-                names.append("probability")
-            for name in names:
-                part = getattr(encoded, name)
-                self.arrays[name] = np.lib.format.open_memmap(
-                    self.folder / f"{name}.npy",
-                    mode="w+",
-                    dtype=part.dtype,
-                    shape=(self.rows, *part.shape[1:]),
-                )
-        end = self.offset + len(encoded)
-        for name, array in self.arrays.items():
-            array[self.offset : end] = getattr(encoded, name)
-        self.offset = end
+        if not self.files:
+            self._open(encoded)
+        for name, handle in self.files.items():
+            handle.write(np.ascontiguousarray(getattr(encoded, name)).data)
+        self.offset += len(encoded)
         self.clicks += int(encoded.label.sum())
         self.days.update(int(d) for d in np.unique(encoded.day) if d >= 0)
 
     def close(self) -> dict[str, Any]:
-        """Release the arrays; the split's summary for the manifest."""
+        """Close the files; the split's summary for the manifest."""
+        for handle in self.files.values():
+            handle.close()
+        self.files = {}
         if self.offset != self.rows:
             raise RuntimeError(
                 f"{self.folder.name}: wrote {self.offset} rows, expected {self.rows}; "
                 "did an input file change during prepare?"
             )
-        # Unmapping leaves the pages to the kernel's write-back: they survive a
-        # crash of this process (not of the machine), without an msync per array.
-        self.arrays = {}
         return {
             "rows": self.rows,
             "clicks": self.clicks,
