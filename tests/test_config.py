@@ -231,3 +231,32 @@ def test_fingerprint_ignores_cache_dir_and_tracks_features():
 def test_shipped_configs_load(name):
     config = load_config(ROOT / "configs" / name)
     assert isinstance(config, ExperimentConfig)
+
+
+def test_model_section_choices_and_errors():
+    config = parse_config(minimal(model={"name": "opnn", "kernel": "matrix"}))
+    assert config.model.name == "opnn" and config.model.kernel == "matrix"
+    assert parse_config(minimal()).model.name == "wide_resnet"
+    with pytest.raises(ConfigError, match="'deepfn' .* 'lr', 'fm', 'wide_deep'"):
+        parse_config(minimal(model={"name": "deepfn"}))
+    with pytest.raises(ConfigError, match=r"model.wide_resnet.num_blocks"):
+        parse_config(minimal(model={"name": "wide_resnet", "num_blocks": 0}))
+    with pytest.raises(ConfigError, match=r"model.deepfm.hidden_dims"):
+        parse_config(minimal(model={"name": "deepfm", "hidden_dims": []}))
+
+
+def test_product_models_need_one_embedding_width():
+    raw = minimal(model={"name": "deepfm"})
+    raw["features"][0] = {**raw["features"][0], "embedding_dim": 8}
+    with pytest.raises(
+        ConfigError, match="same embedding_dim; got user_id 8, item_id 16"
+    ):
+        parse_config(raw)
+    raw["model"] = {"name": "wide_deep"}
+    assert parse_config(raw).dim_of(parse_config(raw).features[0]) == 8
+
+
+def test_fingerprint_ignores_the_model():
+    a = parse_config(minimal(model={"name": "lr"}))
+    b = parse_config(minimal(model={"name": "dcn_v2", "num_cross_layers": 2}))
+    assert a.fingerprint() == b.fingerprint()

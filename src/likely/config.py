@@ -24,7 +24,7 @@ import hashlib
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -233,6 +233,105 @@ class CrossSpec(Frozen):
         return "_x_".join(self.fields)
 
 
+Activation = Literal["relu", "gelu", "silu", "tanh"]
+HiddenDims = Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=1)]
+Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class LRConfig(Frozen):
+    """Logistic regression: the wide part alone (ids, dense, crosses)."""
+
+    name: Literal["lr"] = "lr"
+
+
+class FMConfig(Frozen):
+    """Factorization machine (Rendle 2010): linear terms plus pairwise <v_i, v_j>."""
+
+    name: Literal["fm"] = "fm"
+
+
+class DeepTower(Frozen):
+    """The MLP shared by the deep models."""
+
+    hidden_dims: HiddenDims = [400, 400, 400]
+    activation: Activation = "relu"
+    dropout: Dropout = 0.0
+    batch_norm: bool = False
+
+
+class WideDeepConfig(DeepTower):
+    """Wide & Deep (Cheng et al. 2016): a linear wide part beside an MLP."""
+
+    name: Literal["wide_deep"] = "wide_deep"
+    hidden_dims: HiddenDims = [1024, 512, 256]
+
+
+class WideResNetConfig(Frozen):
+    """Wide & Deep whose deep tower is a stack of residual blocks (the mission's
+    model), with batch normalization after each block unless switched off."""
+
+    name: Literal["wide_resnet"] = "wide_resnet"
+    num_blocks: Annotated[int, Field(ge=1, le=64)] = 3
+    width: Annotated[int, Field(ge=1, le=65536)] = 256
+    batch_norm: bool = True
+    activation: Activation = "relu"
+    dropout: Dropout = 0.0
+
+
+class PNNConfig(DeepTower):
+    """Product-based network (Qu et al. 2016): field products feed an MLP.
+
+    `product` picks the inner product (IPNN), the outer product (OPNN) or both
+    (PNN*); `kernel` is the outer product's per-pair kernel, and
+    `outer_sum_pooled` uses the paper's cheap sum-pooled approximation.
+    """
+
+    name: Literal["ipnn", "opnn", "pnn"] = "pnn"
+    kernel: Literal["matrix", "vector", "number"] = "vector"
+    outer_sum_pooled: bool = False
+    outer_dim: Annotated[int, Field(ge=1, le=65536)] = 64
+
+
+class DeepFMConfig(DeepTower):
+    """DeepFM (Guo et al. 2017): FM and an MLP over the same embeddings."""
+
+    name: Literal["deepfm"] = "deepfm"
+
+
+class DCNv2Config(DeepTower):
+    """DCN-V2 (Wang et al. 2021): cross layers x0 * (W x + b) + x and an MLP."""
+
+    name: Literal["dcn_v2"] = "dcn_v2"
+    num_cross_layers: Annotated[int, Field(ge=1, le=16)] = 3
+    low_rank: Annotated[int, Field(ge=1)] | None = None
+    structure: Literal["stacked", "parallel"] = "parallel"
+
+
+ModelConfig = Annotated[
+    LRConfig
+    | FMConfig
+    | WideDeepConfig
+    | WideResNetConfig
+    | PNNConfig
+    | DeepFMConfig
+    | DCNv2Config,
+    Field(discriminator="name"),
+]
+MODEL_NAMES = (
+    "lr",
+    "fm",
+    "wide_deep",
+    "wide_resnet",
+    "ipnn",
+    "opnn",
+    "pnn",
+    "deepfm",
+    "dcn_v2",
+)
+# Models that multiply embeddings of different fields need one width for all.
+PRODUCT_MODELS = frozenset({"fm", "ipnn", "opnn", "pnn", "deepfm"})
+
+
 class ExperimentConfig(Frozen):
     """Everything a run needs to turn logs into training batches."""
 
@@ -240,6 +339,7 @@ class ExperimentConfig(Frozen):
     features: Annotated[list[FeatureSpec], Field(min_length=1)]
     crosses: list[CrossSpec] = []
     embedding_dim: Annotated[int, Field(ge=1, le=4096)] = 16
+    model: ModelConfig = WideResNetConfig()
     seed: int = 0
 
     @model_validator(mode="after")
@@ -261,7 +361,19 @@ class ExperimentConfig(Frozen):
             )
         self._check_groups()
         self._check_crosses()
+        self._check_product_dims()
         return self
+
+    def _check_product_dims(self) -> None:
+        if self.model.name not in PRODUCT_MODELS:
+            return
+        dims = {f.name: self.dim_of(f) for f in self.categorical_features}
+        if len(set(dims.values())) > 1:
+            shown = ", ".join(f"{n} {d}" for n, d in dims.items())
+            raise ValueError(
+                f"model '{self.model.name}' multiplies the embeddings of every pair "
+                f"of fields, so all need the same embedding_dim; got {shown}"
+            )
 
     def _check_groups(self) -> None:
         by_group: dict[str, list[FeatureSpec]] = {}
@@ -330,8 +442,11 @@ class ExperimentConfig(Frozen):
         return self.sparse_features + self.sequence_features
 
     def fingerprint(self) -> str:
-        """Short stable digest of what affects encoding (not the cache location)."""
-        payload = self.model_dump(mode="json")
+        """Short stable digest of what affects encoding: the data section (but
+        not where the cache lies), the features and the crosses. The model and
+        training settings are left out, so every model shares one prepared
+        window."""
+        payload = self.model_dump(mode="json", include={"data", "features", "crosses"})
         payload["data"].pop("cache_dir", None)
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
