@@ -129,3 +129,20 @@ def test_generate_then_prepare_the_shipped_synthetic_config(tmp_path):
     assert "21,000" in result.output and "Bayes AUC" in result.output
     result = invoke("generate", "--out", logs, "--days", 0)
     assert result.exit_code == 2 and "days" in result.output
+
+
+def test_models_lists_the_zoo_and_counts_parameters(tmp_path, shared_data):
+    listed = invoke("models")
+    assert listed.exit_code == 0
+    for name in ("lr", "wide_resnet", "ipnn", "opnn", "pnn", "deepfm", "dcn_v2"):
+        assert name in listed.output
+    config = frappe_config(tmp_path, shared_data)
+    counted = invoke("models", "--config", config)
+    assert counted.exit_code == 0, counted.output
+    folder = invoke("prepare", "--config", config).output.splitlines()[-1]
+    manifest = json.loads(
+        invoke("info", folder.removeprefix("prepared: "), "--json").output
+    )
+    lr_row = next(line for line in counted.output.splitlines() if "│ lr " in line)
+    # A weight per id of the five tables, and a bias.
+    assert f"{sum(manifest['vocab_sizes'].values()) + 1:,}" in lr_row

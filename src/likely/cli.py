@@ -289,6 +289,94 @@ def init(
     out.print(f"next: likely prepare --config {config_path} {target}".rstrip())
 
 
+MODEL_PAPERS = {
+    "lr": "logistic regression over ids, crosses and dense values",
+    "fm": "Rendle, Factorization Machines, ICDM 2010",
+    "wide_deep": "Cheng et al., Wide & Deep Learning for Recommender Systems, 2016",
+    "wide_resnet": "Wide&Deep with a residual deep tower and BN after each block "
+    "(the mission's model; He et al. 2016 for residual blocks)",
+    "ipnn": "Qu et al., Product-based Neural Networks, ICDM 2016 (inner product)",
+    "opnn": "Qu et al., Product-based Neural Networks, ICDM 2016 (outer product)",
+    "pnn": "Qu et al., Product-based Neural Networks (both products)",
+    "deepfm": "Guo et al., DeepFM, IJCAI 2017",
+    "dcn_v2": "Wang et al., DCN V2, WWW 2021",
+}
+
+
+@app.command()
+def models(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Experiment config; with it, each model is built for its features "
+            "and its parameter count printed.",
+        ),
+    ] = None,
+    target_date: Annotated[
+        str | None,
+        typer.Option(
+            "--target-date",
+            "-t",
+            help="Evaluation day, for configs split by day (sizes come from the "
+            "prepared window; prepares it if needed).",
+        ),
+    ] = None,
+) -> None:
+    """List the model zoo; with a config, build each model and count parameters."""
+    from likely.config import MODEL_NAMES
+
+    counts: dict[str, str] = {}
+    if config is not None:
+        counts = _parameter_counts(config, target_date)
+    table = Table(title="models (choose one with `model: {name: ...}` in a config)")
+    table.add_column("name")
+    if counts:
+        table.add_column("parameters", justify="right")
+    table.add_column("what and where from")
+    for name in MODEL_NAMES:
+        row = [name, counts[name]] if counts else [name]
+        table.add_row(*row, MODEL_PAPERS[name])
+    out.print(table)
+
+
+def _parameter_counts(config_path: Path, target_date: str | None) -> dict[str, str]:
+    from likely.config import MODEL_NAMES, ConfigError, load_config, parse_config
+    from likely.data.prepare import PrepareError
+    from likely.data.prepare import prepare as run_prepare
+    from likely.data.readers import LogFormatError
+    from likely.data.windows import WindowError, parse_date
+    from likely.models.inputs import FeatureLayout
+    from likely.models.registry import build_model, count_parameters
+
+    try:
+        cfg = load_config(config_path)
+        target = parse_date(target_date) if target_date else None
+        with _progress_bar() as update:
+            prepared = run_prepare(cfg, target, progress=update)
+    except (ConfigError, PrepareError, WindowError, LogFormatError) as error:
+        _fail(str(error))
+    except FileNotFoundError as error:
+        _fail(str(error))
+    manifest = prepared.manifest
+    layout = FeatureLayout.from_config(
+        cfg, manifest["vocab_sizes"], manifest["cross_sizes"]
+    )
+    counts = {}
+    for name in MODEL_NAMES:
+        raw = cfg.model_dump(mode="json")
+        keep = raw["model"] if raw["model"]["name"] == name else {}
+        raw["model"] = {**keep, "name": name}
+        try:
+            model_config = parse_config(raw, origin=str(config_path))
+        except ConfigError as error:  # e.g. a product model with mixed widths
+            counts[name] = f"n/a: {str(error).splitlines()[-1].strip()}"
+            continue
+        counts[name] = f"{count_parameters(build_model(model_config, layout)):,}"
+    return counts
+
+
 @app.command()
 def info(
     folder: Annotated[
