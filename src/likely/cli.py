@@ -289,6 +289,129 @@ def init(
     out.print(f"next: likely prepare --config {config_path} {target}".rstrip())
 
 
+@app.command()
+def train(
+    config: ConfigOption,
+    target_date: Annotated[
+        str | None,
+        typer.Option(
+            "--target-date",
+            "-t",
+            help="Evaluation day, YYYY-MM-DD; training uses the data.window_days "
+            "days before it. Required when the config has data.date_column.",
+        ),
+    ] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            help="Run folder to create; default runs/<model>-<target>-<time>.",
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Resume the run in this folder from its last checkpoint."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Train this model instead of the config's (e.g. deepfm)."),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Override train.epochs of the config.")
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="auto, cpu or cuda; overrides train.device."),
+    ] = None,
+) -> None:
+    """Train a model on the window before the target date; evaluate on that day.
+
+    Prepares the window first if it is not cached, then prints AUC, logloss and
+    GAUC per split beside the Bayes-optimal AUC where the data knows it.
+    """
+    import time as clock
+
+    from likely.config import ConfigError, load_config, parse_config
+    from likely.data.prepare import PrepareError
+    from likely.data.prepare import prepare as run_prepare
+    from likely.data.readers import LogFormatError
+    from likely.data.windows import WindowError, parse_date
+    from likely.train.trainer import Trainer
+
+    try:
+        cfg = load_config(resume / "config.json" if resume else config)
+        raw = cfg.model_dump(mode="json")
+        if model:
+            raw["model"] = {"name": model}
+        for key, value in (("epochs", epochs), ("device", device)):
+            if value is not None:
+                raw["train"][key] = value
+        cfg = parse_config(raw, origin=str(config))
+        target = parse_date(target_date) if target_date else None
+        with _progress_bar() as update:
+            prepared = run_prepare(cfg, target, progress=update)
+    except (ConfigError, PrepareError, WindowError, LogFormatError) as error:
+        _fail(str(error))
+    except FileNotFoundError as error:
+        _fail(str(error))
+    if resume is None and run is None:
+        stamp = clock.strftime("%Y%m%d-%H%M%S")
+        run = Path("runs") / f"{cfg.model.name}-{target or 'all'}-{stamp}"
+    columns = (
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[rate]:,.0f} samples/s"),
+        TimeElapsedColumn(),
+    )
+    with RichProgress(*columns, console=console, transient=True) as bar:
+        tasks: dict[int, TaskID] = {}
+        started = {"time": clock.perf_counter(), "steps": 0}
+        batch_size = cfg.train.batch_size
+
+        def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
+            if epoch not in tasks:
+                tasks[epoch] = bar.add_task(
+                    "", total=steps, epoch=epoch, loss=loss, rate=0
+                )
+                started.update(time=clock.perf_counter(), steps=step - 1)
+            seconds = clock.perf_counter() - started["time"]
+            rate = (step - started["steps"]) * batch_size / max(seconds, 1e-9)
+            bar.update(tasks[epoch], completed=step, loss=loss, rate=rate)
+
+        try:
+            trainer = Trainer(
+                cfg, prepared, resume or run, resume=resume is not None, on_step=on_step
+            )
+            result = trainer.fit()
+        except (FileExistsError, FileNotFoundError, ValueError) as error:
+            _fail(str(error))
+    _print_metrics(prepared.folder, result)
+
+
+def _print_metrics(prepared_folder: Path, result) -> None:
+    table = Table(title=f"{result.run_dir}: best epoch {result.best_epoch}")
+    for column in ("split", "AUC", "Bayes AUC", "logloss", "GAUC", "calibration"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, metrics in result.metrics.items():
+        gauc = metrics.get("gauc")
+        table.add_row(
+            split,
+            f"{metrics['auc']:.4f}",
+            _bayes_auc(prepared_folder / split),
+            f"{metrics['logloss']:.4f}",
+            "-" if gauc is None else f"{gauc:.4f}",
+            f"{metrics['calibration']:.3f}",
+        )
+    out.print(table)
+    out.print(
+        f"{result.parameters:,} parameters; trained in {result.seconds:.1f}s at "
+        f"{result.samples_per_second:,.0f} samples/s"
+    )
+    out.print(f"run: {result.run_dir}")
+
+
 MODEL_PAPERS = {
     "lr": "logistic regression over ids, crosses and dense values",
     "fm": "Rendle, Factorization Machines, ICDM 2010",

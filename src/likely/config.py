@@ -332,14 +332,42 @@ MODEL_NAMES = (
 PRODUCT_MODELS = frozenset({"fm", "ipnn", "opnn", "pnn", "deepfm"})
 
 
+class TrainConfig(Frozen):
+    """How a model is trained; one trainer serves every model."""
+
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 1
+    batch_size: Annotated[int, Field(ge=1)] = 4096
+    eval_batch_size: Annotated[int, Field(ge=1)] = 65536
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    embedding_learning_rate: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="default: learning_rate"
+    )
+    embedding_optimizer: Literal["sparse_adam", "adagrad", "adam"] = Field(
+        default="sparse_adam",
+        description="sparse_adam and adagrad update only the rows a batch touches",
+    )
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    grad_clip_norm: Annotated[float, Field(gt=0)] | None = None
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    early_stopping_patience: Annotated[int, Field(ge=1)] | None = 2
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: Annotated[int, Field(ge=1)] = 50
+    checkpoint_every: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="steps between checkpoints; 0: at each epoch's end"
+    )
+
+
 class ExperimentConfig(Frozen):
-    """Everything a run needs to turn logs into training batches."""
+    """Everything a run needs: logs to batches, the model, and its training."""
 
     data: DataConfig
     features: Annotated[list[FeatureSpec], Field(min_length=1)]
     crosses: list[CrossSpec] = []
     embedding_dim: Annotated[int, Field(ge=1, le=4096)] = 16
     model: ModelConfig = WideResNetConfig()
+    train: TrainConfig = TrainConfig()
     seed: int = 0
 
     @model_validator(mode="after")

@@ -1,0 +1,423 @@
+"""One training loop for every model of the zoo.
+
+The trainer knows nothing about any particular model: it builds one from the
+config, feeds it batches of a prepared window, minimises binary cross-entropy
+on its logits, evaluates AUC, logloss and GAUC, and writes a run folder that
+holds everything needed to score new logs with exactly this preprocessing:
+
+    run/
+      config.json  manifest.json  encoders.json   what was trained, on what
+      metrics.jsonl                               step losses and evaluations
+      checkpoints/step-<n>/                       resumable state (latest two)
+      model/model.safetensors  model/model.json   the trained model
+
+Embedding tables and the dense part get different optimizers: an embedding
+row is touched only by the batches that hold its id, so SparseAdam (or
+row-wise sparse Adagrad) updates just those rows, while dense Adam would
+decay and move every row of every table at every step. That choice is the
+`train.embedding_optimizer` setting; `adam` gives the dense behaviour the
+common peers have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from likely.config import ExperimentConfig
+from likely.data.batches import BatchIterator, SplitArrays
+from likely.data.prepare import ENCODERS, MANIFEST, Prepared
+from likely.models.inputs import FeatureLayout
+from likely.models.registry import CTRModel, build_model, count_parameters
+from likely.train.checkpoint import (
+    atomic_write_json,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+)
+from likely.train.metrics import evaluate
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+# Called after each step with (epoch, step_in_epoch, steps_in_epoch, loss).
+StepCallback = Callable[[int, int, int, float], None]
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else the CPU; `cuda` without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA device is present")
+    return torch.device(name)
+
+
+def _embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+
+
+def build_optimizers(
+    model: nn.Module, config: ExperimentConfig
+) -> dict[str, torch.optim.Optimizer]:
+    """Adam(W) for the dense part; the configured optimizer for embedding rows."""
+    train = config.train
+    embeddings = _embedding_parameters(model)
+    embedding_ids = {id(p) for p in embeddings}
+    dense = [p for p in model.parameters() if id(p) not in embedding_ids]
+    rate = train.embedding_learning_rate or train.learning_rate
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    if dense:
+        # Weight decay applies to dense weights only: decaying an embedding row
+        # that a batch did not touch would shrink rare ids towards zero.
+        optimizers["dense"] = torch.optim.AdamW(
+            dense, lr=train.learning_rate, weight_decay=train.weight_decay
+        )
+    if embeddings:
+        if train.embedding_optimizer == "sparse_adam":
+            optimizers["embedding"] = torch.optim.SparseAdam(embeddings, lr=rate)
+        elif train.embedding_optimizer == "adagrad":
+            optimizers["embedding"] = torch.optim.Adagrad(embeddings, lr=rate)
+        else:
+            optimizers["embedding"] = torch.optim.Adam(embeddings, lr=rate)
+    return optimizers
+
+
+def learning_rate_factor(config: ExperimentConfig, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at a global step (0-based)."""
+    train = config.train
+    if train.warmup_steps and step < train.warmup_steps:
+        return (step + 1) / train.warmup_steps
+    if train.schedule == "constant" or total <= train.warmup_steps:
+        return 1.0
+    progress = (step - train.warmup_steps) / max(total - train.warmup_steps, 1)
+    progress = min(max(progress, 0.0), 1.0)
+    if train.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved in every checkpoint."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_auc: float = -1.0
+    best_epoch: int = -1
+    epochs_without_gain: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    metrics: dict[str, dict[str, float]]  # split -> metric -> value
+    best_epoch: int
+    parameters: int
+    seconds: float
+    samples_per_second: float
+
+
+class Trainer:
+    """Train the configured model on a prepared window.
+
+    Args:
+        config: the experiment config (model and train sections included).
+        prepared: the prepared window (`likely.data.prepare.prepare`).
+        run_dir: the run folder to create, or to resume from.
+        resume: continue from the latest checkpoint in `run_dir`.
+        on_step: optional progress callback, for the command line's bar.
+    """
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        prepared: Prepared,
+        run_dir: Path,
+        *,
+        resume: bool = False,
+        on_step: StepCallback | None = None,
+    ):
+        self.config, self.prepared = config, prepared
+        self.run_dir = Path(run_dir)
+        self.on_step = on_step
+        train = config.train
+        if train.threads:
+            torch.set_num_threads(train.threads)
+        self.device = pick_device(train.device)
+        manifest = prepared.manifest
+        self.layout = FeatureLayout.from_config(
+            config, manifest["vocab_sizes"], manifest["cross_sizes"]
+        )
+        torch.manual_seed(config.seed)
+        sparse = train.embedding_optimizer != "adam"
+        self.model: CTRModel = build_model(config, self.layout, sparse=sparse).to(
+            self.device
+        )
+        self.optimizers = build_optimizers(self.model, config)
+        self.base_rates = {
+            name: [g["lr"] for g in opt.param_groups]
+            for name, opt in self.optimizers.items()
+        }
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.train_split = SplitArrays(prepared.folder / "train")
+        self.batches = BatchIterator(
+            self.train_split,
+            train.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            drop_last=False,
+        )
+        self.state = TrainState()
+        if resume:
+            self._resume()
+        else:
+            self._start_run_dir()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _start_run_dir(self) -> None:
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise FileExistsError(
+                f"run folder {self.run_dir} is not empty; pick another or resume it"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            self.run_dir / "config.json", self.config.model_dump(mode="json")
+        )
+        atomic_write_json(self.run_dir / MANIFEST, self.prepared.manifest)
+        shutil.copyfile(self.prepared.folder / ENCODERS, self.run_dir / ENCODERS)
+        logger.info(
+            "run %s: model %s, %s parameters, device %s",
+            self.run_dir,
+            self.config.model.name,
+            f"{count_parameters(self.model):,}",
+            self.device,
+        )
+
+    def _resume(self) -> None:
+        checkpoint = latest_checkpoint(self.run_dir)
+        if checkpoint is None:
+            raise FileNotFoundError(f"no checkpoint to resume from in {self.run_dir}")
+        loaded = load_checkpoint(
+            checkpoint, model=self.model, optimizers=self.optimizers, device=self.device
+        )
+        saved = loaded.trainer_state
+        self.state = TrainState(**{k: v for k, v in saved.items() if k != "rng"})
+        set_rng_state(saved["rng"])
+        logger.info(
+            "resumed %s at epoch %d, step %d",
+            checkpoint,
+            self.state.epoch,
+            self.state.step_in_epoch,
+        )
+
+    # ------------------------------------------------------------------ loop
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.batches) * self.config.train.epochs
+
+    def _set_learning_rate(self) -> None:
+        factor = learning_rate_factor(
+            self.config, self.state.global_step, self.total_steps
+        )
+        for name, optimizer in self.optimizers.items():
+            for group, base in zip(
+                optimizer.param_groups, self.base_rates[name], strict=True
+            ):
+                group["lr"] = base * factor
+
+    def _step(self, batch) -> float:
+        batch = batch.to(self.device, non_blocking=True)
+        self._set_learning_rate()
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        logits = self.model.score(batch)  # (B,)
+        loss = self.loss_fn(logits, batch.label)
+        loss.backward()
+        clip = self.config.train.grad_clip_norm
+        if clip is not None and "dense" in self.optimizers:
+            # Clipping covers the dense part; sparse embedding gradients are
+            # bounded by the few rows a batch touches.
+            params = self.optimizers["dense"].param_groups[0]["params"]
+            nn.utils.clip_grad_norm_(params, clip)
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        return float(loss.detach())
+
+    def fit(self) -> TrainResult:
+        """Train until the last epoch or early stopping; evaluate; save the model."""
+        train = self.config.train
+        started = time.perf_counter()
+        samples = 0
+        steps_per_epoch = len(self.batches)
+        while self.state.epoch < train.epochs and not self.state.stopped_early:
+            self.model.train()
+            epoch = self.state.epoch
+            for batch in self.batches.batches(epoch, start=self.state.step_in_epoch):
+                loss = self._step(batch)
+                samples += len(batch)
+                self.state.step_in_epoch += 1
+                self.state.global_step += 1
+                if self.state.global_step % train.log_every == 0:
+                    self._log(
+                        {"step": self.state.global_step, "epoch": epoch, "loss": loss}
+                    )
+                if self.on_step is not None:
+                    self.on_step(epoch, self.state.step_in_epoch, steps_per_epoch, loss)
+                if train.checkpoint_every and (
+                    self.state.global_step % train.checkpoint_every == 0
+                ):
+                    self._checkpoint()
+            self._end_epoch()
+        seconds = time.perf_counter() - started
+        metrics = self._final_metrics()
+        self._save_model(metrics)
+        return TrainResult(
+            run_dir=self.run_dir,
+            metrics=metrics,
+            best_epoch=self.state.best_epoch,
+            parameters=count_parameters(self.model),
+            seconds=seconds,
+            samples_per_second=samples / seconds if seconds > 0 else 0.0,
+        )
+
+    def _end_epoch(self) -> None:
+        """Evaluate; with a validation split, keep the best epoch and stop early.
+
+        Without one, the test split is evaluated for the learning curve only:
+        choosing epochs by test AUC would report an optimistic test AUC.
+        """
+        state, train = self.state, self.config.train
+        selecting = "valid" in self.prepared.splits
+        split = "valid" if selecting else "test"
+        result = self.evaluate(split) if split in self.prepared.splits else {}
+        record = {"epoch": state.epoch, "split": split, **result}
+        state.history.append(record)
+        self._log({"eval": record})
+        auc = result.get("auc", float("nan"))
+        if not selecting:
+            state.best_epoch = state.epoch
+        elif not math.isnan(auc) and auc > state.best_auc:
+            state.best_auc, state.best_epoch = auc, state.epoch
+            state.epochs_without_gain = 0
+            self._save_best()
+        else:
+            state.epochs_without_gain += 1
+            patience = train.early_stopping_patience
+            if patience is not None and state.epochs_without_gain >= patience:
+                state.stopped_early = True
+                logger.info(
+                    "stopping early: validation AUC has not improved for %d epoch(s)",
+                    state.epochs_without_gain,
+                )
+        state.epoch += 1
+        state.step_in_epoch = 0
+        self._checkpoint()
+
+    # ------------------------------------------------------------------ eval
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        """AUC, logloss, GAUC and calibration of the current model on a split."""
+        arrays = SplitArrays(self.prepared.folder / split)
+        iterator = BatchIterator(
+            arrays, self.config.train.eval_batch_size, shuffle=False
+        )
+        was_training = self.model.training
+        self.model.eval()
+        logits = [
+            self.model.score(batch.to(self.device)).float().cpu().numpy()
+            for batch in iterator
+        ]
+        self.model.train(was_training)
+        users = np.asarray(arrays.arrays["user"])
+        has_users = bool(self.config.data.user_column)
+        return evaluate(
+            np.asarray(arrays.arrays["label"]),
+            np.concatenate(logits),
+            users if has_users else None,
+        )
+
+    def _final_metrics(self) -> dict[str, dict[str, float]]:
+        """Metrics of the best epoch's weights on every held-out split."""
+        best = self.run_dir / "best.safetensors"
+        if best.is_file():
+            from likely.train.checkpoint import load_weights
+
+            load_weights(best, self.model)
+        metrics = {}
+        for split in ("valid", "test"):
+            if split in self.prepared.splits:
+                metrics[split] = self.evaluate(split)
+                self._log({"final": {"split": split, **metrics[split]}})
+        return metrics
+
+    # ------------------------------------------------------------------ files
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with (self.run_dir / METRICS_FILE).open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if "eval" in record:
+            shown = {k: v for k, v in record["eval"].items() if isinstance(v, float)}
+            logger.info(
+                "epoch %d %s: %s",
+                record["eval"]["epoch"],
+                record["eval"]["split"],
+                ", ".join(f"{k} {v:.4f}" for k, v in shown.items()),
+            )
+
+    def _checkpoint(self) -> None:
+        trainer_state = {**self.state.__dict__, "rng": rng_state()}
+        folder = self.run_dir / "checkpoints" / f"step-{self.state.global_step:09d}"
+        save_checkpoint(
+            folder,
+            model=self.model,
+            optimizers=self.optimizers,
+            scheduler_state=None,
+            trainer_state=trainer_state,
+            metadata={"model": self.config.model.name},
+        )
+        prune_checkpoints(self.run_dir, keep=2)
+
+    def _save_best(self) -> None:
+        save_weights(self.run_dir / "best.safetensors", self.model)
+
+    def _save_model(self, metrics: dict[str, dict[str, float]]) -> None:
+        """The final artifact: weights plus what is needed to rebuild the model."""
+        folder = self.run_dir / "model"
+        folder.mkdir(exist_ok=True)
+        save_weights(folder / "model.safetensors", self.model)
+        atomic_write_json(
+            folder / "model.json",
+            {
+                "model": self.config.model.model_dump(mode="json"),
+                "vocab_sizes": self.prepared.manifest["vocab_sizes"],
+                "cross_sizes": self.prepared.manifest["cross_sizes"],
+                "parameters": count_parameters(self.model),
+                "best_epoch": self.state.best_epoch,
+                "metrics": metrics,
+            },
+        )
+        logger.info("model written to %s", folder)
