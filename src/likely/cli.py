@@ -390,6 +390,38 @@ def train(
     _print_metrics(prepared.folder, result)
 
 
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Option("--run", help="A finished run folder.")],
+    logs: Annotated[Path, typer.Argument(help="Log file or folder to score.")],
+    out_path: Annotated[
+        Path, typer.Option("--out", "-o", help="Parquet file to write.")
+    ] = Path("predictions.parquet"),
+) -> None:
+    """Score logs with a trained run, with exactly its preprocessing.
+
+    Writes the user and label columns with each row's logit and probability; if
+    the logs carry labels, prints the AUC and logloss of the scores.
+    """
+    from likely.config import ConfigError
+    from likely.data.readers import LogFormatError
+    from likely.train.checkpoint import CheckpointError
+    from likely.train.metrics import evaluate
+    from likely.train.predict import load_run, predict_file
+
+    try:
+        loaded = load_run(run)
+        scored = predict_file(loaded, logs, out_path)
+    except (ConfigError, LogFormatError, CheckpointError, FileNotFoundError) as error:
+        _fail(str(error))
+    label = loaded.config.data.label
+    metrics = evaluate(scored[label].to_numpy(), scored["logit"].to_numpy())
+    out.print(
+        f"scored {scored.height:,} rows: AUC {metrics['auc']:.4f}, "
+        f"logloss {metrics['logloss']:.4f}; wrote {out_path}"
+    )
+
+
 def _print_metrics(prepared_folder: Path, result) -> None:
     table = Table(title=f"{result.run_dir}: best epoch {result.best_epoch}")
     for column in ("split", "AUC", "Bayes AUC", "logloss", "GAUC", "calibration"):

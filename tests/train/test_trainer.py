@@ -175,3 +175,31 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     return load_file(path)
+
+
+def test_predict_applies_the_runs_preprocessing(tmp_path, logs):
+    from likely.train.predict import load_run, predict_file
+
+    config = load_config(write_config(tmp_path, logs, {"name": "fm"}, epochs=1))
+    prepared = prepare(config, parse_date(TARGET))
+    result = Trainer(config, prepared, tmp_path / "run").fit()
+    run = load_run(result.run_dir)
+    day = logs / f"day={TARGET}" / "part-0.parquet"
+    scored = predict_file(run, day, tmp_path / "scores.parquet")
+    from likely.train.metrics import evaluate
+
+    again = evaluate(scored["label"].to_numpy(), scored["logit"].to_numpy())
+    assert again["auc"] == pytest.approx(result.metrics["test"]["auc"], abs=1e-9)
+    assert again["logloss"] == pytest.approx(
+        result.metrics["test"]["logloss"], abs=1e-6
+    )
+    assert (tmp_path / "scores.parquet").is_file()
+    probability = scored["probability"].to_numpy()
+    assert ((probability > 0) & (probability < 1)).all()
+
+
+def test_load_run_without_a_model_is_a_clear_error(tmp_path):
+    from likely.train.predict import load_run
+
+    with pytest.raises(FileNotFoundError, match="has no trained model"):
+        load_run(tmp_path)
