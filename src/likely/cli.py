@@ -102,29 +102,51 @@ def prepare(
     The result is a folder under data.cache_dir named by a digest of the config,
     the target date and the input files; `likely info FOLDER` describes it.
     """
-    from likely.config import ConfigError, load_config
-    from likely.data.prepare import PrepareError
-    from likely.data.prepare import prepare as run_prepare
-    from likely.data.readers import LogFormatError
-    from likely.data.windows import WindowError, parse_date
+    from likely.config import load_config
 
-    try:
-        cfg = load_config(config)
-        target = parse_date(target_date) if target_date else None
-        with _progress_bar() as update:
-            prepared = run_prepare(
-                cfg,
-                target,
-                allow_missing_days=allow_missing_days,
-                force=force,
-                progress=update,
-            )
-    except (ConfigError, PrepareError, WindowError, LogFormatError) as error:
-        _fail(str(error))
-    except FileNotFoundError as error:
-        _fail(str(error))
+    with _user_errors():
+        prepared = _prepare_window(
+            load_config(config),
+            target_date,
+            allow_missing_days=allow_missing_days,
+            force=force,
+        )
     _print_info(prepared.folder, prepared.manifest)
     out.print(f"prepared: {prepared.folder}")
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """Errors about the user's input become one clean line and exit code 2;
+    anything else keeps its traceback."""
+    from likely.config import ConfigError
+    from likely.data.prepare import PrepareError
+    from likely.data.readers import LogFormatError
+    from likely.data.windows import WindowError
+    from likely.train.checkpoint import CheckpointError
+
+    try:
+        yield
+    except (
+        ConfigError,
+        PrepareError,
+        WindowError,
+        LogFormatError,
+        CheckpointError,
+        FileNotFoundError,
+        FileExistsError,
+    ) as error:
+        _fail(str(error))
+
+
+def _prepare_window(cfg, target_date: str | None, **options):
+    """Prepare (or reuse) the window of a config, with a progress bar."""
+    from likely.data.prepare import prepare as run_prepare
+    from likely.data.windows import parse_date
+
+    target = parse_date(target_date) if target_date else None
+    with _progress_bar() as update:
+        return run_prepare(cfg, target, progress=update, **options)
 
 
 @contextlib.contextmanager
@@ -331,14 +353,10 @@ def train(
     """
     import time as clock
 
-    from likely.config import ConfigError, load_config, parse_config
-    from likely.data.prepare import PrepareError
-    from likely.data.prepare import prepare as run_prepare
-    from likely.data.readers import LogFormatError
-    from likely.data.windows import WindowError, parse_date
+    from likely.config import load_config, parse_config
     from likely.train.trainer import Trainer
 
-    try:
+    with _user_errors():
         cfg = load_config(resume / "config.json" if resume else config)
         raw = cfg.model_dump(mode="json")
         if model:
@@ -347,13 +365,8 @@ def train(
             if value is not None:
                 raw["train"][key] = value
         cfg = parse_config(raw, origin=str(config))
-        target = parse_date(target_date) if target_date else None
-        with _progress_bar() as update:
-            prepared = run_prepare(cfg, target, progress=update)
-    except (ConfigError, PrepareError, WindowError, LogFormatError) as error:
-        _fail(str(error))
-    except FileNotFoundError as error:
-        _fail(str(error))
+        prepared = _prepare_window(cfg, target_date)
+        target = prepared.manifest.get("target_date")
     if resume is None and run is None:
         stamp = clock.strftime("%Y%m%d-%H%M%S")
         run = Path("runs") / f"{cfg.model.name}-{target or 'all'}-{stamp}"
@@ -380,13 +393,11 @@ def train(
             rate = (step - started["steps"]) * batch_size / max(seconds, 1e-9)
             bar.update(tasks[epoch], completed=step, loss=loss, rate=rate)
 
-        try:
+        with _user_errors():
             trainer = Trainer(
                 cfg, prepared, resume or run, resume=resume is not None, on_step=on_step
             )
             result = trainer.fit()
-        except (FileExistsError, FileNotFoundError, ValueError) as error:
-            _fail(str(error))
     _print_metrics(prepared.folder, result)
 
 
@@ -403,17 +414,12 @@ def predict(
     Writes the user and label columns with each row's logit and probability; if
     the logs carry labels, prints the AUC and logloss of the scores.
     """
-    from likely.config import ConfigError
-    from likely.data.readers import LogFormatError
-    from likely.train.checkpoint import CheckpointError
     from likely.train.metrics import evaluate
     from likely.train.predict import load_run, predict_file
 
-    try:
+    with _user_errors():
         loaded = load_run(run)
         scored = predict_file(loaded, logs, out_path)
-    except (ConfigError, LogFormatError, CheckpointError, FileNotFoundError) as error:
-        _fail(str(error))
     label = loaded.config.data.label
     metrics = evaluate(scored[label].to_numpy(), scored["logit"].to_numpy())
     out.print(
@@ -498,22 +504,12 @@ def models(
 
 def _parameter_counts(config_path: Path, target_date: str | None) -> dict[str, str]:
     from likely.config import MODEL_NAMES, ConfigError, load_config, parse_config
-    from likely.data.prepare import PrepareError
-    from likely.data.prepare import prepare as run_prepare
-    from likely.data.readers import LogFormatError
-    from likely.data.windows import WindowError, parse_date
     from likely.models.inputs import FeatureLayout
     from likely.models.registry import build_model, count_parameters
 
-    try:
+    with _user_errors():
         cfg = load_config(config_path)
-        target = parse_date(target_date) if target_date else None
-        with _progress_bar() as update:
-            prepared = run_prepare(cfg, target, progress=update)
-    except (ConfigError, PrepareError, WindowError, LogFormatError) as error:
-        _fail(str(error))
-    except FileNotFoundError as error:
-        _fail(str(error))
+        prepared = _prepare_window(cfg, target_date)
     manifest = prepared.manifest
     layout = FeatureLayout.from_config(
         cfg, manifest["vocab_sizes"], manifest["cross_sizes"]
@@ -542,10 +538,8 @@ def info(
     """Describe prepared data: rows, days, CTR, vocabulary sizes, Bayes AUC."""
     from likely.data.prepare import load_manifest
 
-    try:
+    with _user_errors():
         manifest = load_manifest(folder)
-    except FileNotFoundError as error:
-        _fail(str(error))
     if as_json:
         out.print_json(json.dumps(manifest))
         return
