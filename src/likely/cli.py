@@ -313,7 +313,15 @@ def init(
 
 @app.command()
 def train(
-    config: ConfigOption,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Experiment config (YAML); not needed with --resume or --init-from, "
+            "which use the run's own.",
+        ),
+    ] = None,
     target_date: Annotated[
         str | None,
         typer.Option(
@@ -345,6 +353,14 @@ def train(
         str | None,
         typer.Option(help="auto, cpu or cuda; overrides train.device."),
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue from a finished run on a newer window: its encoders "
+            "are extended with the new ids and its tables grown; old rows keep "
+            "their trained values. The run's config is used."
+        ),
+    ] = None,
 ) -> None:
     """Train a model on the window before the target date; evaluate on that day.
 
@@ -354,18 +370,25 @@ def train(
     import time as clock
 
     from likely.config import load_config, parse_config
+    from likely.data.encoders import FeatureEncoders
     from likely.train.trainer import Trainer
 
+    source = resume or init_from
+    if source is None and config is None:
+        _fail("give --config, or --resume / --init-from with a run folder")
     with _user_errors():
-        cfg = load_config(resume / "config.json" if resume else config)
+        cfg = load_config(source / "config.json" if source else config)
         raw = cfg.model_dump(mode="json")
         if model:
             raw["model"] = {"name": model}
         for key, value in (("epochs", epochs), ("device", device)):
             if value is not None:
                 raw["train"][key] = value
-        cfg = parse_config(raw, origin=str(config))
-        prepared = _prepare_window(cfg, target_date)
+        cfg = parse_config(raw, origin=str(source or config))
+        extend = None
+        if init_from is not None:
+            extend = FeatureEncoders.load(init_from / "encoders.json", cfg)
+        prepared = _prepare_window(cfg, target_date, extend=extend)
         target = prepared.manifest.get("target_date")
     if resume is None and run is None:
         stamp = clock.strftime("%Y%m%d-%H%M%S")
@@ -395,7 +418,12 @@ def train(
 
         with _user_errors():
             trainer = Trainer(
-                cfg, prepared, resume or run, resume=resume is not None, on_step=on_step
+                cfg,
+                prepared,
+                resume or run,
+                resume=resume is not None,
+                on_step=on_step,
+                init_from=init_from,
             )
             result = trainer.fit()
     _print_metrics(prepared.folder, result)

@@ -203,3 +203,67 @@ def test_load_run_without_a_model_is_a_clear_error(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="has no trained model"):
         load_run(tmp_path)
+
+
+def test_init_from_grows_tables_and_keeps_trained_rows(tmp_path, logs):
+    from likely.data.encoders import FeatureEncoders
+    from likely.models.inputs import _TableGroup
+    from likely.train.predict import load_run
+
+    config = load_config(
+        write_config(tmp_path, logs, {"name": "deepfm", "hidden_dims": [16]}, epochs=1)
+    )
+    config = config.model_copy(
+        update={"data": config.data.model_copy(update={"window_days": 3})}
+    )
+    first = Trainer(config, prepare(config, parse_date("2026-11-05")), tmp_path / "a")
+    first.fit()
+    old = load_run(tmp_path / "a")
+    extend = FeatureEncoders.load(tmp_path / "a" / "encoders.json", config)
+    later = prepare(config, parse_date("2026-11-08"), extend=extend)
+    old_sizes = old.encoders.vocab_sizes()
+    assert later.manifest["vocab_sizes"]["item"] > old_sizes["item"]
+    assert later.manifest["extended_from_sizes"] == old_sizes
+
+    second = Trainer(config, later, tmp_path / "b", init_from=tmp_path / "a")
+    # Right after growth, before any step: every old row is the trained row.
+    for name, group in second.model.named_modules():
+        if not isinstance(group, _TableGroup):
+            continue
+        before = dict(old.model.named_modules())[name]
+        for table, (start, rows) in before.table_rows.items():
+            new_start, new_rows = group.table_rows[table]
+            assert new_rows >= rows
+            assert torch.equal(
+                group.embedding.weight[new_start : new_start + rows],
+                before.embedding.weight[start : start + rows],
+            ), table
+    old_dense = dict(old.model.named_parameters())["deep.1.weight"]
+    assert torch.equal(
+        dict(second.model.named_parameters())["deep.1.weight"], old_dense
+    )
+    result = second.fit()
+    assert result.metrics["test"]["auc"] > 0.6
+    # The same id still means the same item: old ids kept their numbers.
+    items = old.encoders.tables["item"].keys
+    grown = FeatureEncoders.load(tmp_path / "b" / "encoders.json", config)
+    assert np.array_equal(
+        grown.tables["item"].transform(items),
+        old.encoders.tables["item"].transform(items),
+    )
+
+
+def test_growth_refuses_a_shrunk_table(tmp_path):
+    from likely.models.inputs import grow_into
+
+    config = parse_config(
+        {
+            "data": {"path": "x", "format": "csv"},
+            "features": [{"name": "a", "kind": "sparse"}],
+            "model": {"name": "lr"},
+        }
+    )
+    big = build_model(config, FeatureLayout.from_config(config, {"a": 10}))
+    small = build_model(config, FeatureLayout.from_config(config, {"a": 5}))
+    with pytest.raises(ValueError, match="table 'a' shrank from 10 to 5 rows"):
+        grow_into(small, big)

@@ -576,17 +576,22 @@ class FeatureEncoders:
         self.__init__(self.config)
         return self
 
-    def observe(self, frame: pl.DataFrame) -> FeatureEncoders:
+    def observe(
+        self, frame: pl.DataFrame, *, vocabularies_only: bool = False
+    ) -> FeatureEncoders:
         """Count one chunk of the training window; `settle` after the last one.
 
         Fitting chunk by chunk gives the same vocabularies and scalers as one
         fit on all rows (quantile boundaries come from a seeded sample), so a
-        window need never be in memory at once.
+        window need never be in memory at once. On fitted encoders, counting
+        with `vocabularies_only` and settling is `extend` in chunks: new values
+        get new ids after the old ones, and the dense transforms stay fixed.
         """
         for group, encoder in self.tables.items():
             encoder.observe(self._group_values(frame, group))
-        for name, scaler in self.scalers.items():
-            scaler.observe(frame[self._feature(name).source])
+        if not vocabularies_only:
+            for name, scaler in self.scalers.items():
+                scaler.observe(frame[self._feature(name).source])
         return self
 
     def settle(self) -> FeatureEncoders:
@@ -601,8 +606,9 @@ class FeatureEncoders:
     def extend(self, frame: pl.DataFrame) -> FeatureEncoders:
         """Add the new values of a later batch; known ids and scalers stay fixed."""
         before = self.vocab_sizes()
-        for group, encoder in self.tables.items():
-            encoder.extend(self._group_values(frame, group))
+        self.observe(frame, vocabularies_only=True)
+        for encoder in self.tables.values():
+            encoder.settle()
         grown = {
             group: size - before[group]
             for group, size in self.vocab_sizes().items()

@@ -96,10 +96,18 @@ def _partition_day(file: Path, root: Path, column: str) -> dt.date | None:
 
 
 def cache_key(
-    config: ExperimentConfig, target: dt.date | None, files: list[Path]
+    config: ExperimentConfig,
+    target: dt.date | None,
+    files: list[Path],
+    extend: FeatureEncoders | None = None,
 ) -> str:
     """Digest of everything a prepared folder depends on."""
+    base = None
+    if extend is not None:
+        text = json.dumps(extend.to_json(), sort_keys=True)
+        base = hashlib.sha256(text.encode()).hexdigest()[:16]
     payload = {
+        "extends": base,
         "config": config.fingerprint(),
         "target": str(target) if target else None,
         "files": _file_stamps(files),
@@ -150,6 +158,7 @@ def prepare(
     allow_missing_days: bool = False,
     force: bool = False,
     progress: Progress | None = None,
+    extend: FeatureEncoders | None = None,
 ) -> Prepared:
     """Read the logs, select the window, fit encoders and cache the arrays.
 
@@ -160,6 +169,9 @@ def prepare(
         force: rebuild even when a finished cache for these inputs exists.
         progress: called as `progress(step, done, total)` after each file of each
             pass, for a progress bar.
+        extend: fitted encoders (of an earlier run) to extend with the window's
+            new values instead of fitting afresh: every old id keeps its
+            number, so a model trained with them can grow its tables.
 
     Returns:
         The prepared folder, reused where the inputs are unchanged.
@@ -183,13 +195,13 @@ def prepare(
             available_days(config), target, data.window_days, allow_missing_days
         )
         files = _window_files(config, files, window)
-    key = cache_key(config, target, files)
+    key = cache_key(config, target, files, extend)
     name = f"{data.path.stem or 'logs'}-{target or 'all'}-{key}"
     folder = Path(data.cache_dir) / name
     if (folder / MANIFEST).is_file() and not force:
         logger.info("reusing prepared data in %s (inputs unchanged)", folder)
         return Prepared(folder, json.loads((folder / MANIFEST).read_text()), True)
-    return _build(config, window, files, folder, progress or _no_progress)
+    return _build(config, window, files, folder, progress or _no_progress, extend)
 
 
 SPLITS = ("train", "valid", "test")
@@ -328,6 +340,7 @@ def _build(
     files: list[Path],
     folder: Path,
     progress: Progress,
+    extend: FeatureEncoders | None = None,
 ) -> Prepared:
     """Two passes, one piece of one file in memory at a time.
 
@@ -342,7 +355,11 @@ def _build(
     data = config.data
     roles = ColumnRoles.from_config(config)
     sources = _sources(config, window, files)
-    encoders = FeatureEncoders(config)
+    if extend is not None:
+        encoders = FeatureEncoders.from_json(extend.to_json(), config)
+    else:
+        encoders = FeatureEncoders(config)
+    before = encoders.vocab_sizes() if extend is not None else None
     rows = dict.fromkeys(SPLITS, 0)
     dropped: Counter[str] = Counter()
     rows_read = 0
@@ -364,7 +381,7 @@ def _build(
             for name, part in parts.items():
                 rows[name] += part.height
                 if name == "train":
-                    encoders.observe(part)
+                    encoders.observe(part, vocabularies_only=extend is not None)
             spill = None
             if data.format != LogFormat.PARQUET:
                 spill = tmp / "_pieces" / f"{index}.parquet"
@@ -411,6 +428,7 @@ def _build(
         "later_days": [str(d) for d in window.later_days] if window else [],
         "splits": summary,
         "vocab_sizes": encoders.vocab_sizes(),
+        "extended_from_sizes": before,
         "cross_sizes": encoders.cross_sizes(),
         "rows_read": rows_read,
         "rows_dropped": sum(dropped.values()),

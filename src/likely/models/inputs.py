@@ -135,6 +135,8 @@ class _TableGroup(nn.Module):
             sum(t.num_embeddings for t in tables), width, sparse=sparse
         )
         nn.init.normal_(self.embedding.weight, std=0.01)
+        # (first row, rows) of each table inside the shared weight.
+        self.table_rows = {t.name: (starts[t.name], t.num_embeddings) for t in tables}
         self.has_sequences = bool(sequence_fields)
 
         def index(fields: list[tuple[int, str]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,3 +268,50 @@ class WideLinear(nn.Module):
         if self.dense is not None:
             logits = logits + self.dense(dense).squeeze(-1)
         return logits
+
+
+@torch.no_grad()
+def grow_into(new: nn.Module, old: nn.Module) -> dict[str, int]:
+    """Copy a trained model into one built for grown vocabularies.
+
+    Every parameter and buffer is copied by name. Embedding tables may have
+    grown: each table's old rows are copied to the same ids in the new table
+    (ids never move when encoders are extended), and the rows of new ids keep
+    their fresh initialisation. Returns the number of new rows per table.
+
+    Raises:
+        ValueError: a table shrank, or a non-embedding tensor changed shape.
+    """
+    old_groups = {n: m for n, m in old.named_modules() if isinstance(m, _TableGroup)}
+    grown: dict[str, int] = {}
+    skip: set[str] = set()
+    for name, group in new.named_modules():
+        if not isinstance(group, _TableGroup):
+            continue
+        before = old_groups.get(name)
+        if before is None:
+            raise ValueError(f"the trained model has no embedding group '{name}'")
+        for table, (start, rows) in group.table_rows.items():
+            old_start, old_rows = before.table_rows[table]
+            if rows < old_rows:
+                raise ValueError(
+                    f"table '{table}' shrank from {old_rows} to {rows} rows; "
+                    "extend the encoders instead of refitting them"
+                )
+            source = before.embedding.weight[old_start : old_start + old_rows]
+            group.embedding.weight[start : start + old_rows] = source
+            grown[table] = max(grown.get(table, 0), rows - old_rows)
+        skip.add(f"{name}.embedding.weight" if name else "embedding.weight")
+    old_state = old.state_dict()
+    for key, value in new.state_dict().items():
+        if key in skip:
+            continue
+        if key not in old_state:
+            raise ValueError(f"the trained model has no '{key}'")
+        if old_state[key].shape != value.shape:
+            raise ValueError(
+                f"'{key}' has shape {tuple(old_state[key].shape)} in the trained "
+                f"model but {tuple(value.shape)} in the new one"
+            )
+        value.copy_(old_state[key])
+    return grown

@@ -147,6 +147,10 @@ class Trainer:
         run_dir: the run folder to create, or to resume from.
         resume: continue from the latest checkpoint in `run_dir`.
         on_step: optional progress callback, for the command line's bar.
+        init_from: a finished run to continue from: its weights are copied in,
+            with embedding tables grown to the window's extended vocabularies
+            (prepare the window with `extend=` that run's encoders). The
+            optimizers start afresh.
     """
 
     def __init__(
@@ -157,6 +161,7 @@ class Trainer:
         *,
         resume: bool = False,
         on_step: StepCallback | None = None,
+        init_from: Path | None = None,
     ):
         self.config, self.prepared = config, prepared
         self.run_dir = Path(run_dir)
@@ -174,6 +179,9 @@ class Trainer:
         self.model: CTRModel = build_model(config, self.layout, sparse=sparse).to(
             self.device
         )
+        self.init_from = init_from
+        if init_from is not None:
+            self._grow_from(init_from)
         self.optimizers = build_optimizers(self.model, config)
         self.base_rates = {
             name: [g["lr"] for g in opt.param_groups]
@@ -206,6 +214,10 @@ class Trainer:
             self.run_dir / "config.json", self.config.model_dump(mode="json")
         )
         atomic_write_json(self.run_dir / MANIFEST, self.prepared.manifest)
+        if self.init_from is not None:
+            atomic_write_json(
+                self.run_dir / "init_from.json", {"run": str(self.init_from)}
+            )
         shutil.copyfile(self.prepared.folder / ENCODERS, self.run_dir / ENCODERS)
         logger.info(
             "run %s: model %s, %s parameters, device %s",
@@ -213,6 +225,24 @@ class Trainer:
             self.config.model.name,
             f"{count_parameters(self.model):,}",
             self.device,
+        )
+
+    def _grow_from(self, run_dir: Path) -> None:
+        from likely.models.inputs import grow_into
+        from likely.train.predict import load_run
+
+        previous = load_run(run_dir)
+        for table, size in previous.encoders.vocab_sizes().items():
+            if self.prepared.manifest["vocab_sizes"].get(table, 0) < size:
+                raise ValueError(
+                    f"the prepared window's table '{table}' is smaller than in "
+                    f"{run_dir}; prepare it with that run's encoders extended"
+                )
+        grown = grow_into(self.model, previous.model.to(self.device))
+        logger.info(
+            "continuing from %s; new rows per table: %s",
+            run_dir,
+            {t: n for t, n in grown.items() if n} or "none",
         )
 
     def _resume(self) -> None:
