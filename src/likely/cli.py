@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -204,16 +203,13 @@ def _print_info(folder: Path, manifest: dict) -> None:
 
 def _bayes_auc(split: Path) -> str:
     """AUC of the true click probability, where the data carries it."""
-    path = split / "probability.npy"
-    if not path.is_file():
-        return "-"
-    from likely.train.metrics import roc_auc
+    from likely.data.prepare import bayes_auc
 
-    labels = np.load(split / "label.npy", mmap_mode="r")
-    try:
-        return f"{roc_auc(np.asarray(labels), np.load(path)):.4f}"
-    except ValueError:
-        return "-"
+    return _shown_auc(bayes_auc(split))
+
+
+def _shown_auc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 @app.command()
@@ -454,6 +450,57 @@ def predict(
         f"scored {scored.height:,} rows: AUC {metrics['auc']:.4f}, "
         f"logloss {metrics['logloss']:.4f}; wrote {out_path}"
     )
+
+
+@app.command()
+def incremental(
+    config: ConfigOption,
+    start: Annotated[
+        str,
+        typer.Option(help="Evaluation day of the base model, YYYY-MM-DD."),
+    ],
+    batches: Annotated[
+        int, typer.Option(help="Later days to update on, one day per batch.")
+    ] = 3,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Folder for the runs; default runs/incremental-<time>."
+        ),
+    ] = None,
+) -> None:
+    """Incremental updates against retraining from scratch, day by day.
+
+    Trains a base model on the window before START; then for each of the next
+    BATCHES days, continues the previous model on the one new day and, beside
+    it, trains a new model on the full window; both are evaluated on that day.
+    """
+    import time as clock
+
+    from likely.config import load_config
+    from likely.data.windows import parse_date
+    from likely.train.incremental import run_incremental
+
+    folder = out_dir or Path("runs") / f"incremental-{clock.strftime('%Y%m%d-%H%M%S')}"
+    with _user_errors():
+        cfg = load_config(config)
+        first = parse_date(start)
+        with console.status("training") as status:
+            results = run_incremental(
+                cfg, first, batches, folder, on_stage=lambda s: status.update(s)
+            )
+    table = Table(title=f"incremental against scratch: {folder}")
+    for column in ("day", "incremental AUC", "scratch AUC", "gain", "Bayes AUC"):
+        table.add_column(column, justify="left" if column == "day" else "right")
+    for row in results:
+        table.add_row(
+            row.day,
+            f"{row.incremental['auc']:.4f}",
+            f"{row.scratch['auc']:.4f}",
+            f"{row.auc_gain:+.4f}",
+            _shown_auc(row.scratch.get("bayes_auc")),
+        )
+    out.print(table)
 
 
 def _print_metrics(prepared_folder: Path, result) -> None:

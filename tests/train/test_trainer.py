@@ -267,3 +267,37 @@ def test_growth_refuses_a_shrunk_table(tmp_path):
     small = build_model(config, FeatureLayout.from_config(config, {"a": 5}))
     with pytest.raises(ValueError, match="table 'a' shrank from 10 to 5 rows"):
         grow_into(small, big)
+
+
+def test_incremental_against_scratch(tmp_path, logs):
+    from likely.train.incremental import run_incremental
+
+    config = load_config(
+        write_config(tmp_path, logs, {"name": "fm"}, epochs=1, batch_size=512)
+    )
+    config = config.model_copy(
+        update={"data": config.data.model_copy(update={"window_days": 3})}
+    )
+    stages: list[str] = []
+    results = run_incremental(
+        config, parse_date("2026-11-05"), 2, tmp_path / "exp", on_stage=stages.append
+    )
+    assert [r.day for r in results] == ["2026-11-06", "2026-11-07"]
+    for row in results:
+        assert 0.5 < row.incremental["auc"] < 1 and 0.5 < row.scratch["auc"] < 1
+        assert row.incremental["bayes_auc"] == row.scratch["bayes_auc"]
+    runs = sorted(p.name for p in (tmp_path / "exp").iterdir() if p.is_dir())
+    assert runs == [
+        "base-2026-11-05",
+        "incremental-2026-11-06",
+        "incremental-2026-11-07",
+        "scratch-2026-11-06",
+        "scratch-2026-11-07",
+    ]
+    second = json.loads(
+        (tmp_path / "exp" / "incremental-2026-11-07" / "init_from.json").read_text()
+    )
+    assert second["run"].endswith("incremental-2026-11-06")
+    assert len(stages) == 5
+    saved = json.loads((tmp_path / "exp" / "incremental.json").read_text())
+    assert [d["day"] for d in saved["days"]] == ["2026-11-06", "2026-11-07"]

@@ -470,6 +470,22 @@ def write_split(folder: Path, encoded: EncodedColumns) -> None:
         np.save(folder / "probability.npy", encoded.probability)
 
 
+def bayes_auc(split: Path) -> float | None:
+    """AUC of the true click probability on a prepared split, where the data
+    carries one (synthetic logs): the best any model could reach. None when
+    the probability is unknown or the split has one class."""
+    from likely.train.metrics import roc_auc
+
+    path = Path(split) / "probability.npy"
+    if not path.is_file():
+        return None
+    labels = np.load(Path(split) / "label.npy", mmap_mode="r")
+    try:
+        return roc_auc(np.asarray(labels), np.load(path))
+    except ValueError:
+        return None
+
+
 def load_manifest(folder: Path) -> dict[str, Any]:
     path = Path(folder) / MANIFEST
     if not path.is_file():
