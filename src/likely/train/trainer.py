@@ -17,6 +17,15 @@ row-wise sparse Adagrad) updates just those rows, while dense Adam would
 decay and move every row of every table at every step. That choice is the
 `train.embedding_optimizer` setting; `adam` gives the dense behaviour the
 common peers have.
+
+Why SparseAdam is the default, measured on 2026-12-04 on 2 CPU cores: a DeepFM
+step (batch 4096, 8 fields, MLP 400x3) with a 4M-row table took 678 ms with
+dense Adam, 89 ms with SparseAdam and 66 ms with sparse Adagrad (at 100k rows:
+73, 85 and 74 ms). On the synthetic window (`wide_resnet`, one epoch) SparseAdam
+at the dense learning rate reached test AUC 0.7554 with calibration 0.96;
+Adagrad needed its own, larger rate (0.05: AUC 0.7571, calibration 0.86; at
+0.001: 0.7272). SparseAdam needs no second rate to tune and stays calibrated,
+for about a third more time per step than Adagrad at very large vocabularies.
 """
 
 from __future__ import annotations
