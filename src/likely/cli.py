@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -357,6 +358,13 @@ def train(
             "their trained values. The run's config is used."
         ),
     ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Train with this many processes (DistributedDataParallel via "
+            "torchrun; gloo on CPU, NCCL on CUDA)."
+        ),
+    ] = 1,
 ) -> None:
     """Train a model on the window before the target date; evaluate on that day.
 
@@ -389,6 +397,14 @@ def train(
     if resume is None and run is None:
         stamp = clock.strftime("%Y%m%d-%H%M%S")
         run = Path("runs") / f"{cfg.model.name}-{target or 'all'}-{stamp}"
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        # The window is prepared (above) once, here; every worker reuses it.
+        from likely.train.distributed import launch
+
+        arguments = _without_option(sys.argv[1:], "--nproc")
+        if resume is None and "--run" not in arguments:
+            arguments += ["--run", str(run)]
+        raise typer.Exit(code=launch(nproc, arguments))
     columns = (
         TextColumn("epoch {task.fields[epoch]}"),
         BarColumn(),
@@ -422,7 +438,11 @@ def train(
                 init_from=init_from,
             )
             result = trainer.fit()
-    _print_metrics(prepared.folder, result)
+    from likely.train.distributed import leave
+
+    leave(trainer.world)
+    if trainer.world.is_main:
+        _print_metrics(prepared.folder, result)
 
 
 @app.command()
@@ -501,6 +521,19 @@ def incremental(
             _shown_auc(row.scratch.get("bayes_auc")),
         )
     out.print(table)
+
+
+def _without_option(arguments: list[str], name: str) -> list[str]:
+    """Command-line arguments with `name VALUE` or `name=VALUE` removed."""
+    kept, skip = [], False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument == name:
+            skip = True
+        elif not argument.startswith(f"{name}="):
+            kept.append(argument)
+    return kept
 
 
 def _print_metrics(prepared_folder: Path, result) -> None:

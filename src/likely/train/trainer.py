@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from likely.config import ExperimentConfig
 from likely.data.batches import BatchIterator, SplitArrays
@@ -59,6 +60,7 @@ from likely.train.checkpoint import (
     save_weights,
     set_rng_state,
 )
+from likely.train.distributed import barrier, current_world, join
 from likely.train.metrics import evaluate
 
 logger = logging.getLogger(__name__)
@@ -178,7 +180,11 @@ class Trainer:
         train = config.train
         if train.threads:
             torch.set_num_threads(train.threads)
+        self.world = current_world()
         self.device = pick_device(train.device)
+        if self.device.type == "cuda" and self.world.distributed:
+            self.device = torch.device("cuda", self.world.local_rank)
+        join(self.world, self.device)
         manifest = prepared.manifest
         self.layout = FeatureLayout.from_config(
             config, manifest["vocab_sizes"], manifest["cross_sizes"]
@@ -191,6 +197,11 @@ class Trainer:
         self.init_from = init_from
         if init_from is not None:
             self._grow_from(init_from)
+        # DistributedDataParallel averages gradients across ranks; the plain
+        # model stays `self.model` for evaluation and saving.
+        self.forward_model: nn.Module = self.model
+        if self.world.distributed:
+            self.forward_model = DistributedDataParallel(self.model)
         self.optimizers = build_optimizers(self.model, config)
         self.base_rates = {
             name: [g["lr"] for g in opt.param_groups]
@@ -204,12 +215,15 @@ class Trainer:
             shuffle=True,
             seed=config.seed,
             drop_last=False,
+            rank=self.world.rank,
+            world_size=self.world.size,
         )
         self.state = TrainState()
         if resume:
             self._resume()
-        else:
+        elif self.world.is_main:
             self._start_run_dir()
+        barrier(self.world)
 
     # ------------------------------------------------------------------ set-up
 
@@ -292,7 +306,9 @@ class Trainer:
         self._set_learning_rate()
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
-        logits = self.model.score(batch)  # (B,)
+        logits = self.forward_model(
+            batch.sparse, batch.dense, batch.sequence, batch.cross
+        )  # (B,)
         loss = self.loss_fn(logits, batch.label)
         loss.backward()
         clip = self.config.train.grad_clip_norm
@@ -331,15 +347,19 @@ class Trainer:
                     self._checkpoint()
             self._end_epoch()
         seconds = time.perf_counter() - started
-        metrics = self._final_metrics()
-        self._save_model(metrics)
+        metrics: dict[str, dict[str, float]] = {}
+        if self.world.is_main:
+            metrics = self._final_metrics()
+            self._save_model(metrics)
+        barrier(self.world)
         return TrainResult(
             run_dir=self.run_dir,
             metrics=metrics,
             best_epoch=self.state.best_epoch,
             parameters=count_parameters(self.model),
             seconds=seconds,
-            samples_per_second=samples / seconds if seconds > 0 else 0.0,
+            # Every rank trains on as many samples as this one.
+            samples_per_second=samples * self.world.size / seconds if seconds else 0.0,
         )
 
     def _end_epoch(self) -> None:
@@ -416,6 +436,8 @@ class Trainer:
     # ------------------------------------------------------------------ files
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         with (self.run_dir / METRICS_FILE).open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         if "eval" in record:
@@ -428,6 +450,8 @@ class Trainer:
             )
 
     def _checkpoint(self) -> None:
+        if not self.world.is_main:
+            return
         trainer_state = {**self.state.__dict__, "rng": rng_state()}
         folder = self.run_dir / "checkpoints" / f"step-{self.state.global_step:09d}"
         save_checkpoint(
@@ -441,6 +465,8 @@ class Trainer:
         prune_checkpoints(self.run_dir, keep=2)
 
     def _save_best(self) -> None:
+        if not self.world.is_main:
+            return
         save_weights(self.run_dir / "best.safetensors", self.model)
 
     def _save_model(self, metrics: dict[str, dict[str, float]]) -> None:
