@@ -146,3 +146,49 @@ def test_models_lists_the_zoo_and_counts_parameters(tmp_path, shared_data):
     lr_row = next(line for line in counted.output.splitlines() if "│ lr " in line)
     # A weight per id of the five tables, and a bias.
     assert f"{sum(manifest['vocab_sizes'].values()) + 1:,}" in lr_row
+
+
+def test_train_on_synthetic_prints_metrics_beside_bayes_auc(tmp_path):
+    logs = tmp_path / "data" / "synthetic"
+    assert (
+        invoke(
+            "generate",
+            "--out",
+            logs,
+            "--days",
+            4,
+            "--rows-per-day",
+            2000,
+            "--users",
+            200,
+            "--items",
+            300,
+        ).exit_code
+        == 0
+    )
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
+    config = tmp_path / "configs" / "synthetic.yaml"
+    config.parent.mkdir()
+    text = shipped.read_text().replace(
+        "  format: parquet", f"  format: parquet\n  cache_dir: {tmp_path / 'c'}"
+    )
+    config.write_text(text + "train: {batch_size: 256, epochs: 2, threads: 1}\n")
+    result = invoke(
+        "train",
+        "--config",
+        config,
+        "--target-date",
+        "2026-11-04",
+        "--train-days",
+        3,
+        "--run",
+        tmp_path / "run",
+    )
+    assert result.exit_code == 0, result.output
+    for heading in ("AUC", "Bayes AUC", "logloss", "GAUC", "samples/s"):
+        assert heading in result.output
+    row = next(line for line in result.output.splitlines() if "│ test" in line)
+    auc, bayes = (float(cell) for cell in row.split("│")[2:4])
+    assert 0.5 < auc <= bayes + 0.02
+    missing = invoke("train", "--target-date", "2026-11-04")
+    assert missing.exit_code == 2 and "--config" in missing.output

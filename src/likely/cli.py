@@ -346,6 +346,13 @@ def train(
     epochs: Annotated[
         int | None, typer.Option(help="Override train.epochs of the config.")
     ] = None,
+    train_days: Annotated[
+        int | None,
+        typer.Option(
+            help="Days before the target date to train on; overrides "
+            "data.window_days (default 7)."
+        ),
+    ] = None,
     device: Annotated[
         str | None,
         typer.Option(help="auto, cpu or cuda; overrides train.device."),
@@ -388,6 +395,8 @@ def train(
         for key, value in (("epochs", epochs), ("device", device)):
             if value is not None:
                 raw["train"][key] = value
+        if train_days is not None:
+            raw["data"]["window_days"] = train_days
         cfg = parse_config(raw, origin=str(source or config))
         extend = None
         if init_from is not None:
