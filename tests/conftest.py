@@ -16,3 +16,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# Property tests draw the same examples on every run and never fail on time:
+# a test that passes or fails by chance or by machine load is a defect.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("likely", derandomize=True, deadline=None)
+settings.load_profile("likely")
