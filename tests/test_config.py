@@ -260,3 +260,30 @@ def test_fingerprint_ignores_the_model():
     a = parse_config(minimal(model={"name": "lr"}))
     b = parse_config(minimal(model={"name": "dcn_v2", "num_cross_layers": 2}))
     assert a.fingerprint() == b.fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("train", "where", "what"),
+    [
+        ({"batch_size": 0}, "train.batch_size", "greater than or equal to 1"),
+        ({"embedding_optimizer": "sgd"}, "train.embedding_optimizer", "'sparse_adam'"),
+        ({"schedule": "step"}, "train.schedule", "'cosine'"),
+        ({"learning_rate": 0}, "train.learning_rate", "greater than 0"),
+        ({"device": "tpu"}, "train.device", "'cuda'"),
+        ({"epoch": 3}, "train.epoch", "Extra inputs"),
+    ],
+)
+def test_invalid_train_section(train, where, what):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(minimal(train=train))
+    line = next(line for line in str(caught.value).splitlines() if where in line)
+    assert what in line
+
+
+def test_train_defaults():
+    train = parse_config(minimal()).train
+    assert (train.epochs, train.batch_size, train.embedding_optimizer) == (
+        1,
+        4096,
+        "sparse_adam",
+    )
