@@ -7,7 +7,7 @@ samples: those cost more than the model on CPU for typical CTR widths.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -81,27 +81,29 @@ class SplitArrays:
 
     def take(self, rows: np.ndarray | slice) -> Batch:
         """Gather rows into a `Batch`; sorted indices read memory maps in order."""
-        a = self.arrays
+        return gather(self.arrays, rows)
 
-        def ids(name: str) -> torch.Tensor:
-            return torch.from_numpy(a[name][rows].astype(np.int64))
 
-        def owned(name: str) -> torch.Tensor:
-            # Fancy indexing copies; a slice of a memory map is a read-only view
-            # that torch must not write through, so copy it.
-            part = a[name][rows]
-            return torch.from_numpy(
-                part if isinstance(rows, np.ndarray) else part.copy()
-            )
+def gather(arrays: Mapping[str, np.ndarray], rows: np.ndarray | slice) -> Batch:
+    """Rows of a split's arrays (memory-mapped or in memory) as a `Batch`."""
 
-        return Batch(
-            sparse=ids("sparse"),
-            dense=owned("dense"),
-            sequence=ids("sequence"),
-            cross=ids("cross"),
-            label=owned("label"),
-            user=owned("user"),
-        )
+    def ids(name: str) -> torch.Tensor:
+        return torch.from_numpy(arrays[name][rows].astype(np.int64))
+
+    def owned(name: str) -> torch.Tensor:
+        # Fancy indexing copies; a slice is a view (read-only for a memory
+        # map) that torch must not write through, so copy it.
+        part = arrays[name][rows]
+        return torch.from_numpy(part if isinstance(rows, np.ndarray) else part.copy())
+
+    return Batch(
+        sparse=ids("sparse"),
+        dense=owned("dense"),
+        sequence=ids("sequence"),
+        cross=ids("cross"),
+        label=owned("label"),
+        user=owned("user"),
+    )
 
 
 class BatchIterator:

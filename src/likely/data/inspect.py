@@ -18,7 +18,12 @@ from pathlib import Path
 import polars as pl
 
 from likely.config import LogFormat
-from likely.data.readers import CRITEO_COLUMNS, list_files, with_partitions
+from likely.data.readers import (
+    CRITEO_COLUMNS,
+    avazu_day,
+    list_files,
+    with_partitions,
+)
 
 SAMPLE_ROWS = 200_000
 LABEL_NAMES = ("label", "click", "clicked", "is_click", "target", "y")
@@ -148,11 +153,7 @@ def _sample(path: Path, log_format: LogFormat, header: bool, sep: str | None):
         quote_char=None,
     )
     if log_format == LogFormat.AVAZU:
-        hour = pl.col("hour").cast(pl.String)
-        frame = frame.with_columns(
-            hour.str.slice(0, 6).str.to_date("%y%m%d", strict=False).alias("day"),
-            hour.str.slice(6, 2).cast(pl.Int8, strict=False).alias("hour_of_day"),
-        ).drop("hour")
+        frame = avazu_day(frame).drop("hour")
     return frame
 
 

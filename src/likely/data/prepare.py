@@ -463,11 +463,9 @@ def _alive(pid: int) -> bool:
 
 def write_split(folder: Path, encoded: EncodedColumns) -> None:
     """Each array of a split as `<name>.npy`, ready for memory mapping."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ARRAY_NAMES:
-        np.save(folder / f"{name}.npy", getattr(encoded, name))
-    if encoded.probability is not None:
-        np.save(folder / "probability.npy", encoded.probability)
+    writer = _SplitWriter(folder, len(encoded))
+    writer.write(encoded)
+    writer.close()
 
 
 def bayes_auc(split: Path) -> float | None:

@@ -246,7 +246,7 @@ def _checked(
     rows_read = frame.height + sum(dropped.values())
     sources: dict[str, str] = {}  # derived column -> the column it comes from
     if data.format == LogFormat.AVAZU and "hour" in frame.columns:
-        frame, sources = _avazu_day(frame), {DAY: "hour"}
+        frame, sources = avazu_day(frame), {DAY: "hour"}
     missing = [c for c in roles.columns if c not in frame.columns]
     if missing and frame.height:
         raise LogFormatError(
@@ -464,7 +464,7 @@ def _field_counts(text: bytes, separator: str) -> pl.DataFrame:
     return lines.select(pl.when(~blank).then(counts).alias("fields"))
 
 
-def _avazu_day(frame: pl.DataFrame) -> pl.DataFrame:
+def avazu_day(frame: pl.DataFrame) -> pl.DataFrame:
     """Avazu's `hour` is YYMMDDHH: derive `day` (Date) and `hour_of_day`."""
     if "hour" not in frame.columns:
         return frame

@@ -18,9 +18,9 @@ import polars as pl
 import torch
 
 from likely.config import ExperimentConfig, load_config
-from likely.data.batches import Batch
+from likely.data.batches import gather
 from likely.data.encoders import EncodedColumns, FeatureEncoders
-from likely.data.prepare import ENCODERS
+from likely.data.prepare import ARRAY_NAMES, ENCODERS
 from likely.data.readers import ColumnRoles, read_logs
 from likely.models.inputs import FeatureLayout
 from likely.models.registry import CTRModel, build_model
@@ -43,17 +43,11 @@ class LoadedRun:
     def logits(self, encoded: EncodedColumns, batch_size: int = 65536) -> np.ndarray:
         """Logits `(N,)` of encoded rows, scored in batches."""
         self.model.eval()
+        arrays = {name: getattr(encoded, name) for name in ARRAY_NAMES}
         parts = []
         for start in range(0, len(encoded), batch_size):
             rows = slice(start, start + batch_size)
-            batch = Batch(
-                sparse=torch.from_numpy(encoded.sparse[rows].astype(np.int64)),
-                dense=torch.from_numpy(np.ascontiguousarray(encoded.dense[rows])),
-                sequence=torch.from_numpy(encoded.sequence[rows].astype(np.int64)),
-                cross=torch.from_numpy(encoded.cross[rows].astype(np.int64)),
-                label=torch.from_numpy(encoded.label[rows]),
-                user=torch.from_numpy(encoded.user[rows]),
-            )
+            batch = gather(arrays, rows)
             parts.append(self.model.score(batch).float().numpy())
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 

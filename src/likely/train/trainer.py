@@ -54,6 +54,7 @@ from likely.train.checkpoint import (
     atomic_write_json,
     latest_checkpoint,
     load_checkpoint,
+    load_weights,
     prune_checkpoints,
     rng_state,
     save_checkpoint,
@@ -423,8 +424,6 @@ class Trainer:
         """Metrics of the best epoch's weights on every held-out split."""
         best = self.run_dir / "best.safetensors"
         if best.is_file():
-            from likely.train.checkpoint import load_weights
-
             load_weights(best, self.model)
         metrics = {}
         for split in ("valid", "test"):
