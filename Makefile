@@ -33,6 +33,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/prepare_speed.py
+	$(BIN)/python benchmarks/train_speed.py
 
 clean:
 	rm -rf .likely data/synthetic runs .pytest_cache .ruff_cache

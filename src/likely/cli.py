@@ -567,6 +567,98 @@ def _print_metrics(prepared_folder: Path, result) -> None:
     out.print(f"run: {result.run_dir}")
 
 
+@app.command()
+def compare(
+    config: ConfigOption,
+    target_date: Annotated[
+        str | None,
+        typer.Option(
+            "--target-date",
+            "-t",
+            help="Evaluation day, YYYY-MM-DD (for logs with days).",
+        ),
+    ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated variants; default compare.models of the config "
+            "(the mission's: wide_deep, wide_resnet, wide_resnet_nobn, deepfm, "
+            "ipnn, opnn, dcn_v2)."
+        ),
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(help="Seeds per model; default compare.seeds (3).")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Override train.epochs of the config.")
+    ] = None,
+    incremental_days: Annotated[
+        int | None,
+        typer.Option(
+            help="Test incremental training against scratch on this many days "
+            "up to the target; default compare.incremental_days."
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Report folder; default reports/<config>-<target>. Run the same "
+            "command again to finish an interrupted comparison.",
+        ),
+    ] = None,
+) -> None:
+    """Train the mission's models side by side, test its claims, write a report.
+
+    Every model trains on the same window with the same seeds; the report holds
+    a table (mean ± std over seeds), loss curves, an AUC chart, verdicts on the
+    claims with 95% intervals, and an HTML page joining them.
+    """
+    from likely.config import load_config, parse_config
+    from likely.data.windows import parse_date
+    from likely.report.compare import CompareError, run_comparison
+    from likely.report.page import table_rows, write_report
+
+    with _user_errors():
+        cfg = load_config(config)
+        raw = cfg.model_dump(mode="json")
+        if models is not None:
+            raw["compare"]["models"] = [m.strip() for m in models.split(",") if m]
+        for key, value in (("seeds", seeds), ("incremental_days", incremental_days)):
+            if value is not None:
+                raw["compare"][key] = value
+        if epochs is not None:
+            raw["train"]["epochs"] = epochs
+        cfg = parse_config(raw, origin=str(config))
+        target = parse_date(target_date) if target_date else None
+    folder = out_dir or Path("reports") / f"{config.stem}-{target or 'all'}"
+    with _user_errors(), console.status("comparing") as status:
+
+        def say(message: str) -> None:
+            status.update(message)
+            console.print(message, highlight=False)
+
+        try:
+            comparison = run_comparison(cfg, folder, target, say=say)
+        except CompareError as error:
+            _fail(str(error))
+        page = write_report(comparison)
+    header, rows = table_rows(comparison)
+    table = Table(title=f"test metrics, mean ± std over {len(comparison.seeds)} seeds")
+    for column in header:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    for claim in comparison.claims:
+        colour = {"supported": "green", "not supported": "red"}.get(
+            claim.verdict, "yellow"
+        )
+        out.print(f"[{colour}]{claim.verdict:>13}[/]  {claim.claim}")
+        out.print(f"{'':>15}{claim.reason}")
+    out.print(f"report: {page}")
+
+
 MODEL_PAPERS = {
     "lr": "logistic regression over ids, crosses and dense values",
     "fm": "Rendle, Factorization Machines, ICDM 2010",
@@ -662,6 +754,11 @@ def info(
         return
     _print_info(folder, manifest)
 
+
+# Last, since the recall commands import this module's helpers.
+from likely.recall.cli import recall_app  # noqa: E402
+
+app.add_typer(recall_app, name="recall")
 
 if __name__ == "__main__":
     sys.exit(app())

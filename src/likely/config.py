@@ -347,16 +347,159 @@ class TrainConfig(Frozen):
         description="sparse_adam and adagrad update only the rows a batch touches",
     )
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    embedding_l2: Annotated[float, Field(ge=0)] = Field(
+        default=0.0,
+        description="L2 penalty on the distinct embedding rows each batch looks "
+        "up (lazy full-table L2); works with sparse optimizers, which have no "
+        "weight decay",
+    )
     grad_clip_norm: Annotated[float, Field(gt=0)] | None = None
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: Annotated[int, Field(ge=0)] = 0
     early_stopping_patience: Annotated[int, Field(ge=1)] | None = 2
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="bf16: autocast the training forward pass (matmuls in "
+        "bfloat16); weights, embeddings, optimizer state, the loss and "
+        "evaluation stay float32. auto: bf16 where the device has bf16 matrix "
+        "instructions, else fp32",
+    )
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the model's parts that hold no embedding table",
+    )
     log_every: Annotated[int, Field(ge=1)] = 50
     checkpoint_every: Annotated[int, Field(ge=0)] = Field(
         default=0, description="steps between checkpoints; 0: at each epoch's end"
     )
+
+
+class ExactIndexConfig(Frozen):
+    """Exact inner product over every item vector (FAISS flat index).
+
+    No training and no lost neighbours; a query costs one pass over the
+    catalogue, a few milliseconds per million items and 64 dims on one core.
+    """
+
+    kind: Literal["exact"] = "exact"
+
+
+class HNSWIndexConfig(Frozen):
+    """Approximate search on a navigable small-world graph (FAISS HNSW).
+
+    `neighbors` is the graph degree (M), `ef_construction` and `ef_search` the
+    candidate lists while building and searching; `ef_search` below the number
+    of neighbours asked for is raised to it, since HNSW cannot return more.
+    """
+
+    kind: Literal["hnsw"] = "hnsw"
+    neighbors: Annotated[int, Field(ge=4, le=256)] = 32
+    ef_construction: Annotated[int, Field(ge=8, le=100_000)] = 80
+    ef_search: Annotated[int, Field(ge=1, le=100_000)] = 1200
+
+
+class IVFIndexConfig(Frozen):
+    """Approximate search in the nearest `probe` of `lists` k-means cells
+    (FAISS IVF-Flat); `lists` defaults to about 4 * sqrt(items).
+
+    A thousand neighbours spread over many cells: on the synthetic window's
+    item vectors (50k items, 224 cells) probing 32 cells found 71% of the
+    exact top 1,000, 64 cells 88%, 128 cells 96%, each in about 1 ms.
+    """
+
+    kind: Literal["ivf"] = "ivf"
+    lists: Annotated[int, Field(ge=1)] | None = None
+    probe: Annotated[int, Field(ge=1)] = 128
+
+
+IndexConfig = Annotated[
+    ExactIndexConfig | HNSWIndexConfig | IVFIndexConfig, Field(discriminator="kind")
+]
+INDEX_KINDS = ("exact", "hnsw", "ivf")
+
+
+class RecallConfig(Frozen):
+    """The two-tower recall model, its training and its item index.
+
+    The towers reuse the features' embedding tables: user-side fields and
+    behaviour sequences feed the user tower, item-side fields the item tower,
+    context fields neither (they are not known when candidates are recalled).
+    Each tower is an MLP ending in an L2-normalised `output_dim` vector; the
+    score of a pair is their inner product divided by `temperature`.
+    """
+
+    item_feature: str = Field(
+        default="item_id", description="the item-side sparse feature naming an item"
+    )
+    output_dim: Annotated[int, Field(ge=2, le=4096)] = 64
+    hidden_dims: HiddenDims = [256]
+    activation: Activation = "relu"
+    temperature: Annotated[float, Field(gt=0, le=10)] = 0.05
+    logq_correction: bool = Field(
+        default=True,
+        description="subtract the log of each item's click share from in-batch "
+        "logits, so popular items are not over-punished as negatives",
+    )
+    num_candidates: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    index: IndexConfig = ExactIndexConfig()
+    train: TrainConfig = TrainConfig(
+        batch_size=1024, epochs=5, learning_rate=2e-3, early_stopping_patience=2
+    )
+
+
+# The mission's comparison: Wide&Deep, Wide-ResNet with and without batch
+# normalization, DeepFM, both PNNs, and DCN-v2 as today's strong baseline.
+MISSION_MODELS = (
+    "wide_deep",
+    "wide_resnet",
+    "wide_resnet_nobn",
+    "deepfm",
+    "ipnn",
+    "opnn",
+    "dcn_v2",
+)
+# Names `likely compare` knows without a `compare.variants` entry: every model
+# with its defaults, and Wide-ResNet without batch normalization.
+BUILTIN_VARIANTS = (*MODEL_NAMES, "wide_resnet_nobn")
+
+
+class CompareConfig(Frozen):
+    """What `likely compare` trains and how it judges the mission's claims.
+
+    A variant is a named model config. `models` lists the variants to train;
+    a name is looked up in `variants` first, then among the built-in names
+    (a model name with the settings of the config's `model` section when the
+    names agree, else that model's defaults; `wide_resnet_nobn` is the
+    config's Wide-ResNet with batch normalization off).
+    """
+
+    models: Annotated[list[str], Field(min_length=1)] = list(MISSION_MODELS)
+    variants: dict[str, ModelConfig] = {}
+    seeds: Annotated[int, Field(ge=1, le=100)] = 3
+    auc_margin: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.001,
+        description="smallest AUC gain that counts; below it a gain is a tie",
+    )
+    incremental_days: Annotated[int, Field(ge=0, le=365)] = Field(
+        default=0,
+        description="later days on which incremental training is tested "
+        "against training from scratch (needs data.date_column); 0: not tested",
+    )
+
+    @model_validator(mode="after")
+    def _known_names(self) -> Self:
+        for i, name in enumerate(self.models):
+            if name not in self.variants and name not in BUILTIN_VARIANTS:
+                raise ValueError(
+                    f"models[{i}] '{name}' is neither in compare.variants nor "
+                    f"built in; choose one of: {', '.join(BUILTIN_VARIANTS)}"
+                )
+        repeated = sorted({n for n in self.models if self.models.count(n) > 1})
+        if repeated:
+            raise ValueError(f"models are listed more than once: {repeated}")
+        return self
 
 
 class ExperimentConfig(Frozen):
@@ -368,6 +511,8 @@ class ExperimentConfig(Frozen):
     embedding_dim: Annotated[int, Field(ge=1, le=4096)] = 16
     model: ModelConfig = WideResNetConfig()
     train: TrainConfig = TrainConfig()
+    recall: RecallConfig = RecallConfig()
+    compare: CompareConfig = CompareConfig()
     seed: int = 0
 
     @model_validator(mode="after")
@@ -390,7 +535,37 @@ class ExperimentConfig(Frozen):
         self._check_groups()
         self._check_crosses()
         self._check_product_dims()
+        # Only a recall section of the config's own is checked, so that a
+        # ranking config (or its dump, which holds the defaults) needs no item
+        # feature; the recall commands check before they start.
+        if "recall" in self.model_fields_set and self.recall != RecallConfig():
+            self.check_recall()
         return self
+
+    def check_recall(self) -> None:
+        """Raise unless the features can feed the two towers of `recall`.
+
+        Checked at load where the config sets a `recall` section of its
+        own, and by the recall commands before they start.
+        """
+        name = self.recall.item_feature
+        item = next((f for f in self.features if f.name == name), None)
+        if item is None or item.kind != FeatureKind.SPARSE or item.side != Side.ITEM:
+            choices = [
+                f.name
+                for f in self.sparse_features
+                if f.side == Side.ITEM and f.kind == FeatureKind.SPARSE
+            ]
+            got = "no such feature" if item is None else f"{item.kind}, {item.side}"
+            raise ValueError(
+                f"recall.item_feature '{name}' must be a sparse item-side feature "
+                f"({got}); choose one of: {choices or 'none in this config'}"
+            )
+        if not any(f.side == Side.USER for f in self.features):
+            raise ValueError(
+                "recall needs at least one feature with side: user for the user "
+                "tower; every feature is item or context side"
+            )
 
     def _check_product_dims(self) -> None:
         if self.model.name not in PRODUCT_MODELS:

@@ -246,3 +246,32 @@ def test_text_logs_in_pieces_match_one_piece(tmp_path, monkeypatch):
     b = np.load(pieces.folder / "test" / "sparse.npy")
     assert np.array_equal(a, b)
     assert not list((tmp_path / "cache").glob(".*"))
+
+
+def test_hashed_sparse_feature_prepares(tmp_path):
+    """A sparse feature with hash_buckets gets ids in [FIRST_ID, buckets + FIRST_ID)
+    and a table of exactly that many rows, however few values the logs hold."""
+    from likely.data.encoders import HashBuckets
+
+    rows = 300
+    pl.DataFrame(
+        {"item": np.arange(rows) % 40, "label": np.arange(rows) % 2}
+    ).write_parquet(tmp_path / "train.parquet")
+    config = parse_config(
+        {
+            "data": {
+                "path": str(tmp_path / "train.parquet"),
+                "format": "parquet",
+                "cache_dir": str(tmp_path / "cache"),
+            },
+            "features": [
+                {"name": "item", "kind": "sparse", "vocabulary": {"hash_buckets": 7}}
+            ],
+        }
+    )
+    prepared = prepare(config)
+    ids = np.load(prepared.folder / "train" / "sparse.npy")
+    size = HashBuckets(7).size
+    assert prepared.manifest["vocab_sizes"] == {"item": size}
+    assert ids.min() >= size - 7 and ids.max() < size
+    assert len(np.unique(ids)) == 7

@@ -113,6 +113,8 @@ class BatchIterator:
     into runs of `batch_size`, and gives rank r the batches r, r + W, r + 2W,
     ... of the W ranks; every rank gets the same number of batches, as
     DistributedDataParallel needs. `batches(epoch, start)` resumes mid-epoch.
+    With `rows`, only those rows of the split are batched (the clicked rows a
+    recall model trains on), in the same seeded order over their positions.
 
     Example:
         >>> import numpy as np
@@ -132,6 +134,7 @@ class BatchIterator:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        rows: np.ndarray | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -140,6 +143,7 @@ class BatchIterator:
         self.split, self.batch_size = split, batch_size
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.rank, self.world_size = rank, world_size
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
 
     @staticmethod
     def order(
@@ -161,7 +165,7 @@ class BatchIterator:
 
     def _mine(self, epoch: int) -> list[np.ndarray]:
         every = self.order(
-            len(self.split),
+            len(self.split) if self.rows is None else len(self.rows),
             self.batch_size,
             self.seed,
             epoch,
@@ -169,7 +173,10 @@ class BatchIterator:
             self.drop_last,
         )
         usable = len(every) - len(every) % self.world_size
-        return every[self.rank : usable : self.world_size]
+        mine = every[self.rank : usable : self.world_size]
+        if self.rows is not None:
+            mine = [self.rows[positions] for positions in mine]
+        return mine
 
     def __len__(self) -> int:
         return len(self._mine(0))
@@ -177,7 +184,7 @@ class BatchIterator:
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
         """Batches of `epoch` from the `start`-th on (for resuming)."""
         for rows in self._mine(epoch)[start:]:
-            if self.shuffle:
+            if self.shuffle or self.rows is not None:
                 rows = np.sort(rows)
                 yield self.split.take(rows)
             else:

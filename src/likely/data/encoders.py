@@ -676,11 +676,12 @@ class FeatureEncoders:
         columns: list[np.ndarray | None] = []
         for feature in features:
             encoder = self.tables[feature.group]
-            fast = (
-                encoder.lookup(frame[feature.source])
-                if isinstance(encoder, Vocabulary)
-                else None
-            )
+            fast = None
+            if isinstance(encoder, Vocabulary):
+                fast = encoder.lookup(frame[feature.source])
+            elif isinstance(encoder, HashBuckets):
+                # Hashing has no polars expression; it is numpy over the column.
+                fast = encoder.transform(frame[feature.source])
             columns.append(fast)
         rest = [j for j, column in enumerate(columns) if column is None]
         if not columns:

@@ -9,23 +9,35 @@ following days, two models are evaluated on that day:
 
 Both see the same evaluation day, so the difference of their AUCs is the
 effect of updating instead of retraining, on this data.
+
+Each run keeps its test metrics and test logits beside its folder's model, so
+an experiment that was stopped continues where it was: finished runs are
+kept, an interrupted one resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from likely.config import ExperimentConfig
 from likely.data.encoders import FeatureEncoders
 from likely.data.prepare import ENCODERS, Prepared, bayes_auc, prepare
-from likely.train.checkpoint import atomic_write_json
+from likely.train.checkpoint import atomic_write_json, latest_checkpoint
+from likely.train.predict import score_split
 from likely.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
+
+RESULT = "result.json"
+TEST_LOGITS = "test_logits.npy"
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,10 @@ class DayResult:
     day: str
     incremental: dict[str, float]
     scratch: dict[str, float]
+    # Run folders by side ("incremental", "scratch"), each with its test
+    # logits, and the prepared test split they were scored on.
+    runs: dict[str, str] = field(default_factory=dict)
+    test_folder: str = ""
 
     @property
     def auc_gain(self) -> float:
@@ -82,8 +98,13 @@ def run_incremental(
             daily, prepare(daily, day, extend=extend), update_run, init_from=previous
         )
         say(f"from scratch on the {config.data.window_days} days before {day}")
-        scratch = _train(config, prepare(config, day), out_dir / f"scratch-{day}")
-        results.append(DayResult(str(day), incremental, scratch))
+        scratch_run = out_dir / f"scratch-{day}"
+        window = prepare(config, day)
+        scratch = _train(config, window, scratch_run)
+        runs = {"incremental": str(update_run), "scratch": str(scratch_run)}
+        results.append(
+            DayResult(str(day), incremental, scratch, runs, str(window.folder / "test"))
+        )
         logger.info(
             "%s: incremental AUC %.4f, scratch AUC %.4f",
             day,
@@ -104,9 +125,29 @@ def _train(
     run_dir: Path,
     init_from: Path | None = None,
 ) -> dict[str, float]:
-    result = Trainer(config, prepared, run_dir, init_from=init_from).fit()
+    """Test metrics of a run; trained unless it finished earlier."""
+    result_path = run_dir / RESULT
+    if result_path.is_file():
+        logger.info("%s finished earlier; kept", run_dir)
+        return json.loads(result_path.read_text())
+    resume = latest_checkpoint(run_dir) is not None
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)  # stopped before its first checkpoint
+    trainer = Trainer(
+        config,
+        prepared,
+        run_dir,
+        resume=resume,
+        init_from=None if resume else init_from,
+    )
+    result = trainer.fit()
     metrics = dict(result.metrics["test"])
     best = bayes_auc(prepared.folder / "test")
     if best is not None:
         metrics["bayes_auc"] = best
+    logits = score_split(
+        trainer.model, prepared.folder / "test", config.train.eval_batch_size
+    )
+    np.save(run_dir / TEST_LOGITS, logits)
+    atomic_write_json(result_path, metrics)
     return metrics

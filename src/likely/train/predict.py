@@ -18,7 +18,7 @@ import polars as pl
 import torch
 
 from likely.config import ExperimentConfig, load_config
-from likely.data.batches import gather
+from likely.data.batches import BatchIterator, SplitArrays, gather
 from likely.data.encoders import EncodedColumns, FeatureEncoders
 from likely.data.prepare import ARRAY_NAMES, ENCODERS
 from likely.data.readers import ColumnRoles, read_logs
@@ -50,6 +50,18 @@ class LoadedRun:
             batch = gather(arrays, rows)
             parts.append(self.model.score(batch).float().numpy())
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+@torch.no_grad()
+def score_split(model: torch.nn.Module, folder: Path, batch_size: int) -> np.ndarray:
+    """Logits `(N,)` of a model on a prepared split, in row order."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    iterator = BatchIterator(SplitArrays(folder), batch_size, shuffle=False)
+    parts = [model.score(batch.to(device)).float().cpu().numpy() for batch in iterator]
+    model.train(was_training)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
 def load_run(run_dir: Path) -> LoadedRun:

@@ -1,0 +1,242 @@
+"""What recall needs from the raw logs of a window: items, users, clicks.
+
+The prepared arrays hold encoded ids only, and every item seen fewer than
+`min_count` times shares one out-of-vocabulary id there; recall needs each
+item by its raw id, with its own features. So the window's files are read
+again here, one at a time, keeping only:
+
+- the latest row of each item of the training days, with its click and
+  impression counts (the catalogue, and the popularity list);
+- the latest row of each user (their features and behaviour sequence as the
+  logs last recorded them);
+- the target day's clicked (user, item) pairs, for evaluation.
+
+"Latest" is the last row in file order, files in day order; the synthetic
+logs are written hour by hour, so that is the latest in time. A user's
+behaviour sequence is as the last impression saw it, so clicks made in the
+same hour as that impression are not in it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from likely.config import ExperimentConfig, Side
+from likely.data.encoders import EncodedColumns, FeatureEncoders
+from likely.data.prepare import Prepared
+from likely.data.readers import ColumnRoles, read_file
+
+logger = logging.getLogger(__name__)
+
+CLICKS = "recall_clicks"
+IMPRESSIONS = "recall_impressions"
+
+
+@dataclass(frozen=True)
+class WindowRows:
+    """The latest raw row of each item and each user of a training window.
+
+    Attributes:
+        items: one row per item: its item-side columns, `recall_clicks` and
+            `recall_impressions`, most clicked first.
+        users: one row per user: the user column and the user-side columns.
+        template: no rows, every raw column the encoders read, with its type.
+    """
+
+    items: pl.DataFrame
+    users: pl.DataFrame
+    template: pl.DataFrame
+
+
+def side_columns(config: ExperimentConfig, side: Side) -> list[str]:
+    """Raw columns of the features of one side, in feature order."""
+    return list(dict.fromkeys(f.source for f in config.features if f.side == side))
+
+
+def item_column(config: ExperimentConfig) -> str:
+    """The raw column naming an item (`recall.item_feature`'s source)."""
+    name = config.recall.item_feature
+    return next(f.source for f in config.features if f.name == name)
+
+
+def user_column(config: ExperimentConfig) -> str:
+    """The raw column naming a user; recall needs `data.user_column`.
+
+    Raises:
+        ValueError: the config has no `data.user_column`.
+    """
+    if not config.data.user_column:
+        raise ValueError(
+            "recall needs data.user_column (users are queried, and evaluated, "
+            "by it); set it in the config's data section"
+        )
+    return config.data.user_column
+
+
+def behaviour_column(config: ExperimentConfig) -> str | None:
+    """The user-side sequence of items the user clicked, if there is one: the
+    sequence sharing the item feature's table (`recent_clicks`)."""
+    item = next(f for f in config.features if f.name == config.recall.item_feature)
+    for feature in config.sequence_features:
+        if feature.side == Side.USER and feature.group == item.group:
+            return feature.source
+    return None
+
+
+def _window_files(config: ExperimentConfig, prepared: Prepared) -> list[Path]:
+    return [Path(entry[0]) for entry in prepared.manifest["files"]]
+
+
+def _split_rows(
+    config: ExperimentConfig, prepared: Prepared, file: Path, frame: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(training-day rows, target-day rows) of one file."""
+    data = config.data
+    manifest = prepared.manifest
+    if data.date_column is not None:
+        day = pl.col(data.date_column).cast(pl.String)
+        train = frame.filter(day.is_in(manifest["train_days"]))
+        target = frame.filter(day == manifest["target_date"])
+        return train, target
+    if data.test_path is not None and file.is_relative_to(data.test_path):
+        return frame.clear(), frame
+    return frame, frame.clear()
+
+
+def read_window(config: ExperimentConfig, prepared: Prepared) -> WindowRows:
+    """Latest item and user rows of the window's training days.
+
+    One file is in memory at a time; each is reduced to its last row per item
+    and per user before the next is read.
+    """
+    data = config.data
+    roles = ColumnRoles.from_config(config)
+    item, user = item_column(config), user_column(config)
+    item_columns = list(dict.fromkeys([item, *side_columns(config, Side.ITEM)]))
+    user_columns = list(dict.fromkeys([user, *side_columns(config, Side.USER)]))
+    items, users, counts = [], [], []
+    template = None
+    for file in _window_files(config, prepared):
+        frame = read_file(file, data, roles, root=data.path).frame
+        if template is None:
+            template = frame.clear()
+        train, _ = _split_rows(config, prepared, file, frame)
+        if not train.height:
+            continue
+        items.append(train.select(item_columns).unique(item, keep="last"))
+        users.append(train.select(user_columns).unique(user, keep="last"))
+        counts.append(
+            train.group_by(item).agg(
+                pl.col(data.label).cast(pl.Int64).sum().alias(CLICKS),
+                pl.len().cast(pl.Int64).alias(IMPRESSIONS),
+            )
+        )
+    if template is None or not items:
+        raise ValueError(f"no training rows in the window of {prepared.folder}")
+    totals = (
+        pl.concat(counts)
+        .group_by(item)
+        .agg(pl.col(CLICKS).sum(), pl.col(IMPRESSIONS).sum())
+    )
+    latest_items = (
+        pl.concat(items, how="vertical_relaxed")
+        .unique(item, keep="last", maintain_order=True)
+        .join(totals, on=item, how="left")
+        .sort([CLICKS, IMPRESSIONS, item], descending=[True, True, False])
+    )
+    latest_users = (
+        pl.concat(users, how="vertical_relaxed")
+        .unique(user, keep="last", maintain_order=True)
+        .sort(user)
+    )
+    logger.info(
+        "window rows: %d items (%d clicked), %d users",
+        latest_items.height,
+        int((latest_items[CLICKS] > 0).sum()),
+        latest_users.height,
+    )
+    return WindowRows(latest_items, latest_users, template)
+
+
+def target_clicks(config: ExperimentConfig, prepared: Prepared) -> pl.DataFrame:
+    """Distinct (user, item) pairs clicked on the target day (the test split).
+
+    Raises:
+        ValueError: the window has no target day rows.
+    """
+    data = config.data
+    roles = ColumnRoles.from_config(config)
+    item, user = item_column(config), user_column(config)
+    parts = []
+    for file in _window_files(config, prepared):
+        frame = read_file(file, data, roles, root=data.path).frame
+        _, target = _split_rows(config, prepared, file, frame)
+        clicked = target.filter(pl.col(data.label) > 0)
+        parts.append(clicked.select(user, item))
+    if not parts or not sum(p.height for p in parts):
+        raise ValueError(
+            f"the prepared window {prepared.folder} has no clicks on its target day"
+        )
+    return pl.concat(parts, how="vertical_relaxed").unique(maintain_order=True)
+
+
+class RowEncoder:
+    """Encode raw rows that hold only some columns, with a run's encoders.
+
+    Columns the rows lack are added as nulls of the logs' type (so their ids
+    are the missing id, which the tower reading them ignores); the label is 0
+    and the day the target day, so nothing is undefined.
+
+    Args:
+        encoders: the run's fitted encoders.
+        template: no rows, the raw columns and types of the logs.
+        defaults: values for columns the rows lack instead of null.
+    """
+
+    def __init__(
+        self,
+        encoders: FeatureEncoders,
+        template: pl.DataFrame,
+        defaults: dict[str, Any],
+    ):
+        self.encoders, self.template = encoders, template.clear()
+        self.defaults = {k: v for k, v in defaults.items() if k in template.columns}
+
+    @classmethod
+    def for_config(
+        cls,
+        config: ExperimentConfig,
+        encoders: FeatureEncoders,
+        template: pl.DataFrame,
+        target_date: str | None,
+    ) -> RowEncoder:
+        defaults: dict[str, Any] = {config.data.label: 0}
+        if config.data.date_column and target_date:
+            defaults[config.data.date_column] = dt.date.fromisoformat(target_date)
+        return cls(encoders, template, defaults)
+
+    def complete(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """`rows` with every column of the template, in the template's types."""
+        missing = {
+            name: value
+            for name, value in self.defaults.items()
+            if name not in rows.columns
+        }
+        filled = rows.with_columns(
+            [
+                pl.lit(value).cast(self.template.schema[name]).alias(name)
+                for name, value in missing.items()
+            ]
+        )
+        return pl.concat([self.template, filled], how="diagonal_relaxed").select(
+            self.template.columns
+        )
+
+    def encode(self, rows: pl.DataFrame) -> EncodedColumns:
+        return self.encoders.transform(self.complete(rows))
