@@ -168,27 +168,27 @@ def child_likely(folder: Path, vocab: str, variant: str) -> dict:
     prepared = prepare(config)
     run_dir = folder / f"run-{os.getpid()}"
     last_step = [0.0]
-    samples = [0]
 
     def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
         last_step[0] = time.perf_counter()
 
     try:
         trainer = Trainer(config, prepared, run_dir, on_step=on_step)
-        samples[0] = len(trainer.train_split)
+        rows = len(trainer.train_split)
         started = time.perf_counter()
         result = trainer.fit()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     seconds = last_step[0] - started
+    label = f"default, {trainer.precision}" if variant == "default" else variant
     return {
-        "system": f"likely ({variant})",
+        "system": f"likely ({label})",
         "precision": trainer.precision,
         "compile": config.train.compile,
         "embedding_optimizer": config.train.embedding_optimizer,
-        "rows": samples[0],
+        "rows": rows,
         "train_seconds": seconds,
-        "samples_per_second": samples[0] / seconds,
+        "samples_per_second": rows / seconds,
         "auc": result.metrics["test"]["auc"],
         "logloss": result.metrics["test"]["logloss"],
         "peak_rss_mb": peak_rss_mb(),

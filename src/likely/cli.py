@@ -632,6 +632,11 @@ def compare(
         cfg = parse_config(raw, origin=str(config))
         target = parse_date(target_date) if target_date else None
     folder = out_dir or Path("reports") / f"{config.stem}-{target or 'all'}"
+    if logging.getLogger().level > logging.DEBUG:
+        # One line per run says what happens; the trainer's own lines (with
+        # --verbose) would bury them.
+        for name in ("likely.data", "likely.train", "likely.report"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     with _user_errors(), console.status("comparing") as status:
 
         def say(message: str) -> None:

@@ -104,7 +104,7 @@ def test_a_report_folder_of_another_config_is_refused(tmp_path, logs):
     write_report(comparison)
     assert "| wide_resnet |" in markdown_table(comparison)
     other = config.model_copy(update={"seed": 9})
-    with pytest.raises(CompareError, match="another config"):
+    with pytest.raises(CompareError, match="another config, day or logs"):
         run_comparison(other, tmp_path / "report", parse_date(TARGET))
 
 

@@ -187,10 +187,10 @@ def run_comparison(
     variants = [resolve_variant(config, name) for name in config.compare.models]
     seeds = [config.seed + k for k in range(config.compare.seeds)]
     out_dir = Path(out_dir)
-    _check_plan(out_dir, config, target)
 
     say("preparing the window")
     prepared = prepare(config, target)
+    _check_plan(out_dir, config, target, prepared.manifest["files"])
     best = bayes_auc(prepared.folder / "test")
     total = len(variants) * len(seeds)
     runs = []
@@ -213,11 +213,14 @@ def run_comparison(
 # ---------------------------------------------------------------------- runs
 
 
-def _check_plan(out_dir: Path, config: ExperimentConfig, target) -> None:
-    """Write the plan, or check that an earlier one in `out_dir` matches."""
+def _check_plan(out_dir: Path, config: ExperimentConfig, target, files: list) -> None:
+    """Write the plan, or check that an earlier one in `out_dir` matches: the
+    same config (the compare section aside), day and log files (path, size,
+    modification time), so that kept runs are comparable with new ones."""
     plan = {
         "config": config.model_dump(mode="json", exclude={"compare"}),
         "target_date": str(target) if target else None,
+        "files": files,
     }
     path = out_dir / PLAN
     if path.is_file():
@@ -225,7 +228,7 @@ def _check_plan(out_dir: Path, config: ExperimentConfig, target) -> None:
         started = (out_dir / "runs").exists() or (out_dir / "incremental").exists()
         if earlier != plan and started:
             raise CompareError(
-                f"{out_dir} holds a comparison of another config or day; "
+                f"{out_dir} holds a comparison of another config, day or logs; "
                 "pick another --out, or delete that folder to start again"
             )
         if earlier == plan:
