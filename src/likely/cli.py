@@ -75,6 +75,9 @@ ConfigOption = Annotated[
         "the config file.",
     ),
 ]
+EpochsOption = Annotated[
+    int | None, typer.Option(help="Override train.epochs of the config.")
+]
 
 
 @app.command()
@@ -343,9 +346,7 @@ def train(
         str | None,
         typer.Option(help="Train this model instead of the config's (e.g. deepfm)."),
     ] = None,
-    epochs: Annotated[
-        int | None, typer.Option(help="Override train.epochs of the config.")
-    ] = None,
+    epochs: EpochsOption = None,
     train_days: Annotated[
         int | None,
         typer.Option(
@@ -589,9 +590,7 @@ def compare(
     seeds: Annotated[
         int | None, typer.Option(help="Seeds per model; default compare.seeds (3).")
     ] = None,
-    epochs: Annotated[
-        int | None, typer.Option(help="Override train.epochs of the config.")
-    ] = None,
+    epochs: EpochsOption = None,
     incremental_days: Annotated[
         int | None,
         typer.Option(
@@ -654,7 +653,8 @@ def compare(
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in rows:
         table.add_row(*row)
-    out.print(table)
+    # Wide enough for the whole table even where stdout is not a terminal.
+    Console(width=max(out.width, 112), highlight=False).print(table)
     for claim in comparison.claims:
         colour = {"supported": "green", "not supported": "red"}.get(
             claim.verdict, "yellow"
