@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from likely.config import ExperimentConfig
-from likely.data.batches import Batch, BatchIterator, SplitArrays
+from likely.data.batches import Batch, SplitArrays
 from likely.data.prepare import Prepared
 from likely.models.inputs import FeatureLayout
 from likely.models.registry import build_model
 from likely.train.metrics import evaluate
+from likely.train.predict import score_split
 
 
 class Objective(Protocol):
@@ -95,17 +96,13 @@ class RankingObjective:
         self, model: nn.Module, prepared: Prepared, split: str, device: torch.device
     ) -> dict[str, float]:
         """AUC, logloss, GAUC and calibration on a split."""
-        arrays = SplitArrays(prepared.folder / split)
-        iterator = BatchIterator(
-            arrays, self.config.train.eval_batch_size, shuffle=False
-        )
-        logits = [
-            model.score(batch.to(device)).float().cpu().numpy() for batch in iterator
-        ]
+        folder = prepared.folder / split
+        logits = score_split(model, folder, self.config.train.eval_batch_size)
+        arrays = SplitArrays(folder)
         users = np.asarray(arrays.arrays["user"])
         has_users = bool(self.config.data.user_column)
         return evaluate(
             np.asarray(arrays.arrays["label"]),
-            np.concatenate(logits),
+            logits,
             users if has_users else None,
         )
