@@ -97,6 +97,15 @@ def test_prepare_window_writes_arrays_and_manifest(tmp_path, logs):
     assert encoders.vocab_sizes() == manifest["vocab_sizes"]
 
 
+def test_the_day_after_the_logs_prepares_a_window_without_test_rows(tmp_path, logs):
+    config = make_config(tmp_path)
+    target = START + dt.timedelta(days=9)  # the logs hold days 0 to 8
+    prepared = prepare(config, target)
+    assert prepared.splits == ["train"]
+    assert prepared.manifest["target_date"] == str(target)
+    assert prepared.manifest["splits"]["train"]["rows"] == 7 * 200
+
+
 def test_cache_is_reused_and_invalidated(tmp_path, logs):
     config = make_config(tmp_path)
     target = START + dt.timedelta(days=7)

@@ -23,6 +23,15 @@ def test_target_without_data():
         select_window(days(*range(8)), dt.date(2026, 11, 20))
 
 
+def test_day_after_the_logs_trains_to_serve_it():
+    window = select_window(days(*range(8)), D + dt.timedelta(days=8))
+    assert window.train_days == tuple(days(*range(1, 8)))
+    assert window.target_day == D + dt.timedelta(days=8)
+    assert window.later_days == ()
+    with pytest.raises(WindowError, match="has no data"):
+        select_window(days(*range(8)), D + dt.timedelta(days=9))
+
+
 def test_missing_days_are_named_unless_allowed():
     available = days(0, 1, 3, 4, 5, 6, 7)
     with pytest.raises(WindowError, match=r"missing 1 day\(s\): 2026-11-03"):

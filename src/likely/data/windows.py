@@ -2,6 +2,8 @@
 
 The mission's schedule: train on the N days (default 7) before a target date,
 evaluate on the target date, then update incrementally on each later day in turn.
+The day after the logs' last day is a target too: a model trained to serve it,
+as production retrains each night for tomorrow, with no day to evaluate on.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ def select_window(
 
     Args:
         available: days present in the logs, any order.
-        target: the evaluation day; it must have data.
+        target: the evaluation day; it must have data, unless it is the day
+            after the last day of the logs (train to serve that day; the
+            window then has no evaluation rows).
         window_days: how many days before the target train the model.
         allow_missing: train on a window with gaps instead of refusing it.
 
@@ -63,9 +67,11 @@ def select_window(
             lists what the logs do have.
     """
     days = sorted(set(available))
-    if target not in days:
+    serving_next_day = bool(days) and target == days[-1] + dt.timedelta(days=1)
+    if target not in days and not serving_next_day:
         raise WindowError(
-            f"target date {target} has no data; the logs cover {_span(days)}"
+            f"target date {target} has no data; the logs cover {_span(days)} "
+            "(the day after the last one is allowed too: it trains to serve it)"
         )
     wanted = [target - dt.timedelta(days=k) for k in range(window_days, 0, -1)]
     present = [d for d in wanted if d in days]
