@@ -502,6 +502,25 @@ class CompareConfig(Frozen):
         return self
 
 
+ContextValue = str | int | float | bool
+
+
+class ServeConfig(Frozen):
+    """What the service fills in that a `/recommend` request does not say.
+
+    Context columns (hour, platform, position, ...) describe the moment of an
+    impression; a request may give them, and the rest take these values. A
+    position column is best left to this default: every candidate is scored
+    at the same slot, so the position bias the model learned shifts all of
+    them alike instead of favouring whichever slot a candidate was guessed at.
+    """
+
+    context_defaults: dict[str, ContextValue] = Field(
+        default={},
+        description="raw value of each context column that a request does not give",
+    )
+
+
 class ExperimentConfig(Frozen):
     """Everything a run needs: logs to batches, the model, and its training."""
 
@@ -513,6 +532,7 @@ class ExperimentConfig(Frozen):
     train: TrainConfig = TrainConfig()
     recall: RecallConfig = RecallConfig()
     compare: CompareConfig = CompareConfig()
+    serve: ServeConfig = ServeConfig()
     seed: int = 0
 
     @model_validator(mode="after")
@@ -535,6 +555,7 @@ class ExperimentConfig(Frozen):
         self._check_groups()
         self._check_crosses()
         self._check_product_dims()
+        self._check_context_defaults()
         # Only a recall section of the config's own is checked, so that a
         # ranking config (or its dump, which holds the defaults) needs no item
         # feature; the recall commands check before they start.
@@ -566,6 +587,16 @@ class ExperimentConfig(Frozen):
                 "recall needs at least one feature with side: user for the user "
                 "tower; every feature is item or context side"
             )
+
+    def _check_context_defaults(self) -> None:
+        context = {f.source for f in self.features if f.side == Side.CONTEXT}
+        for column in self.serve.context_defaults:
+            if column not in context:
+                raise ValueError(
+                    f"serve.context_defaults names '{column}', which is not the "
+                    f"column of a context-side feature; choose from: "
+                    f"{sorted(context) or 'none in this config'}"
+                )
 
     def _check_product_dims(self) -> None:
         if self.model.name not in PRODUCT_MODELS:

@@ -643,7 +643,7 @@ class FeatureEncoders:
             np.float32,
         )
         sequence = self._sequences(frame)
-        cross = self._crosses(sparse)
+        cross = self.cross_ids(sparse)
         label = frame[data.label].cast(pl.Float32).to_numpy()
         user = (
             stable_hash(frame[data.user_column]).view(np.int64)
@@ -731,7 +731,7 @@ class FeatureEncoders:
             out.reshape(-1)[target] = ids
         return out
 
-    def _crosses(self, sparse: np.ndarray) -> np.ndarray:
+    def cross_ids(self, sparse: np.ndarray) -> np.ndarray:
         """Hash of the member fields' ids, so a cross needs no vocabulary of its own."""
         position = {f.name: j for j, f in enumerate(self.config.sparse_features)}
         out = np.zeros((len(sparse), len(self.config.crosses)), dtype=np.int32)

@@ -1,0 +1,103 @@
+"""The serving ranker scores exactly what the trained run scores offline."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from likely.recall.artifact import Recaller
+from likely.recall.window import RowEncoder
+from likely.serve.ranker import Ranker, model_version
+from likely.train.predict import load_run
+
+
+@pytest.fixture(scope="module")
+def catalogue(served_world):
+    recaller = Recaller.load(served_world["recall"], with_index=False)
+    return recaller.items, recaller.users, recaller.rows.template
+
+
+@pytest.fixture(scope="module")
+def ranker(served_world, catalogue):
+    items, _, template = catalogue
+    return Ranker.load(served_world["ranking"], items, template)
+
+
+def offline_logits(run_dir, user, context, item_rows):
+    """The slow, obvious way: one full raw row per candidate, encoded whole."""
+    run = load_run(run_dir)
+    items, template = item_rows
+    user_columns = {k: [v] * items.height for k, v in user.items()}
+    frame = items.with_columns(
+        [pl.Series(k, v) for k, v in user_columns.items() if k not in items.columns]
+        + [pl.lit(v).alias(k) for k, v in context.items()]
+    )
+    rows = RowEncoder.for_config(run.config, run.encoders, template, "2026-11-08")
+    return run.logits(rows.encode(frame))
+
+
+def test_batched_scores_equal_row_by_row_encoding(served_world, catalogue, ranker):
+    items, users, template = catalogue
+    user = users.row(3, named=True)
+    candidates = np.array([5, 0, 17, 3, 120, 9])
+    context = {"hour": 20, "platform": "app", "position": 0}
+    expected = offline_logits(
+        served_world["ranking"], user, context, (items[candidates], template)
+    )
+    got = ranker.logits(user, {}, candidates)
+    assert got.shape == (6,)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_context_overrides_the_defaults(catalogue, ranker):
+    _, users, _ = catalogue
+    user = users.row(0, named=True)
+    candidates = np.arange(20)
+    base = ranker.logits(user, {}, candidates)
+    web = ranker.logits(user, {"platform": "web", "hour": 3}, candidates)
+    assert not np.allclose(base, web)
+    assert np.array_equal(ranker.logits(user, {"platform": "app"}, candidates), base)
+
+
+def test_history_changes_the_scores(catalogue, ranker):
+    items, users, _ = catalogue
+    user = dict(users.row(1, named=True))
+    candidates = np.arange(30)
+    before = ranker.logits({**user, "recent_clicks": []}, {}, candidates)
+    clicked = items["item_id"].head(5).to_list()
+    after = ranker.logits({**user, "recent_clicks": clicked}, {}, candidates)
+    assert not np.allclose(before, after)
+
+
+def test_rank_returns_the_best_k_in_order(catalogue, ranker):
+    _, users, _ = catalogue
+    user = users.row(2, named=True)
+    candidates = np.arange(ranker.num_items)[::-1].copy()
+    logits = ranker.logits(user, {}, candidates)
+    ranked = ranker.rank(user, {}, candidates, k=25)
+    assert len(ranked.rows) == 25
+    assert np.all(np.diff(ranked.logits) <= 0)
+    np.testing.assert_allclose(ranked.logits, np.sort(logits)[::-1][:25], rtol=1e-6)
+    assert np.all((ranked.probs > 0) & (ranked.probs < 1))
+    whole = ranker.rank(user, {}, candidates[:10], k=600)
+    assert len(whole.rows) == 10
+
+
+def test_cold_user_and_empty_context_are_scored(ranker):
+    logits = ranker.logits({}, {}, np.arange(10))
+    assert logits.shape == (10,) and np.isfinite(logits).all()
+    ranker.check({})
+
+
+def test_bad_values_and_rows_are_named(catalogue, ranker):
+    with pytest.raises(ValueError, match=r"hour: 'noon' is not a Int8"):
+        ranker.logits({}, {"hour": "noon"}, np.arange(3))
+    with pytest.raises(IndexError, match=r"\[100000\] are outside the catalogue"):
+        ranker.logits({}, {}, np.array([0, 100_000]))
+    assert ranker.logits({}, {}, np.array([], dtype=np.int64)).shape == (0,)
+
+
+def test_version_names_the_weights(served_world, ranker):
+    assert ranker.version == model_version(served_world["ranking"])
+    assert ranker.version.startswith("ranking@") and len(ranker.version) == 20
