@@ -760,10 +760,91 @@ def info(
     _print_info(folder, manifest)
 
 
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Option("--run", help="A finished ranking run.")],
+    recall: Annotated[
+        Path, typer.Option("--recall", help="A recall run (`likely recall train`).")
+    ],
+    store: Annotated[
+        str,
+        typer.Option(
+            help="Feature store: sqlite:///PATH (embedded, the default) or "
+            "redis://HOST:PORT/DB."
+        ),
+    ] = "sqlite:///data/serve/store.db",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LIKELY_TOKEN",
+            help="Bearer token for /events and /admin/*; default a random one, "
+            "printed at start.",
+        ),
+    ] = None,
+    watch: Annotated[
+        Path | None,
+        typer.Option(
+            help="Runs folder to watch: the newest finished ranking run in it "
+            "is loaded, checked and swapped in without dropping a request."
+        ),
+    ] = None,
+    reload_profiles: Annotated[
+        bool,
+        typer.Option(
+            help="Replace the store's user and item profiles with the recall "
+            "run's window (done anyway when the store has none)."
+        ),
+    ] = False,
+) -> None:
+    """Serve feeds: recall 1,000 candidates, rank them, return the top k.
+
+    POST /recommend, POST /events, GET /health, GET /metrics,
+    POST /admin/reload; the OpenAPI page is at /docs.
+    """
+    import secrets
+
+    import uvicorn
+
+    from likely.serve.app import (
+        Service,
+        ServiceSettings,
+        create_app,
+        load_models,
+        load_profiles,
+    )
+    from likely.serve.store import open_store
+
+    with _user_errors():
+        try:
+            feature_store = open_store(store)
+        except ValueError as error:
+            _fail(str(error))
+        with console.status("loading the ranking and recall runs"):
+            models = load_models(run, recall)
+        if reload_profiles or not feature_store.has_profiles():
+            with console.status("loading user and item profiles into the store"):
+                load_profiles(feature_store, models)
+    if token is None:
+        token = secrets.token_urlsafe(24)
+        out.print(f"write token (set LIKELY_TOKEN to choose one): {token}")
+    settings = ServiceSettings(run=run, recall=recall, token=token, runs_dir=watch)
+    service = Service(settings, feature_store, models)
+    out.print(
+        f"serving {models.version} with {models.ranker.num_items:,} items from "
+        f"{recall} on http://{host}:{port} (store {store})"
+    )
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+    feature_store.close()
+
+
 # Last, since the recall commands import this module's helpers.
 from likely.recall.cli import recall_app  # noqa: E402
+from likely.serve.cli import events_app  # noqa: E402
 
 app.add_typer(recall_app, name="recall")
+app.add_typer(events_app, name="events")
 
 if __name__ == "__main__":
     sys.exit(app())

@@ -224,6 +224,17 @@ class Recaller:
             history: the user's recent clicked items; None or empty for none.
             k: candidates wanted; default `recall.num_candidates`.
         """
+        rows, scores, source = self.recall_rows(features, history, k)
+        return Recommendation(self._item_ids(rows), scores, source)
+
+    def recall_rows(
+        self,
+        features: Mapping[str, Any],
+        history: Sequence[Any] | None = None,
+        k: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, Literal["two_tower", "popularity"]]:
+        """As `recall`, but the candidates as `(K,)` rows of the item table
+        (what the ranker gathers by), with their `(K,)` scores and source."""
         k = k or self.num_candidates
         row = dict(features)
         if self.behaviour is not None:
@@ -232,14 +243,12 @@ class Recaller:
         if not self.has_history(frame)[0]:
             top = self.popular(k)
             scores = self.items[CLICKS].to_numpy()[top].astype(np.float32)
-            return Recommendation(self._item_ids(top), scores, "popularity")
+            return top, scores, "popularity"
         if self.index is None:
             raise FileNotFoundError(f"{self.run_dir} has no item index")
         scores, top = self.index.search(self.user_vectors(frame), k)
         keep = top[0] >= 0
-        return Recommendation(
-            self._item_ids(top[0][keep]), scores[0][keep], "two_tower"
-        )
+        return top[0][keep], scores[0][keep], "two_tower"
 
     def user_row(self, user: Any) -> dict[str, Any] | None:
         """The window's latest user-side row of a raw user id, or None.
