@@ -101,3 +101,18 @@ def test_bad_values_and_rows_are_named(catalogue, ranker):
 def test_version_names_the_weights(served_world, ranker):
     assert ranker.version == model_version(served_world["ranking"])
     assert ranker.version.startswith("ranking@") and len(ranker.version) == 20
+
+
+def test_warmed_and_cached_parts_score_the_same(served_world, catalogue):
+    items, users, template = catalogue
+    cold = Ranker.load(served_world["ranking"], items, template)
+    warmed = Ranker.load(served_world["ranking"], items, template)
+    warmed.warm(users)
+    assert len(warmed._parts) >= users.height
+    candidates = np.arange(40)
+    for row in (0, 5, 9):
+        user = users.row(row, named=True)
+        context = {"hour": 7}
+        first = cold.logits(user, context, candidates)
+        np.testing.assert_array_equal(warmed.logits(user, context, candidates), first)
+        np.testing.assert_array_equal(cold.logits(user, context, candidates), first)

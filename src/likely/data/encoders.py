@@ -642,7 +642,7 @@ class FeatureEncoders:
             ],
             np.float32,
         )
-        sequence = self._sequences(frame)
+        sequence = self.sequence_ids(frame)
         cross = self.cross_ids(sparse)
         label = frame[data.label].cast(pl.Float32).to_numpy()
         user = (
@@ -713,7 +713,9 @@ class FeatureEncoders:
         selected = frame.lazy().select(named).collect()
         return selected.to_numpy(order="c").astype(dtype, copy=False)
 
-    def _sequences(self, frame: pl.DataFrame) -> np.ndarray:
+    def sequence_ids(self, frame: pl.DataFrame) -> np.ndarray:
+        """`(N, S, L)` ids of the sequence columns, the last L items of each,
+        left-aligned and padded with 0."""
         features = self.config.sequence_features
         longest = max((f.max_length or 1 for f in features), default=1)
         out = np.zeros((frame.height, len(features), longest), dtype=np.int32)

@@ -113,8 +113,8 @@ def train(
     seconds = summary["seconds"]
     out.print(
         f"trained in {result.seconds:.1f}s; {summary['items']:,} items "
-        f"({summary['clicked_items']:,} clicked) in a "
-        f"{summary['index']['kind']} index built in {seconds['index_build']:.2f}s; "
+        f"({summary['clicked_items']:,} clicked) in the "
+        f"{summary['index']['kind']} index (built in {seconds['index_build']:.2f}s); "
         f"{summary['users']:,} users"
     )
     out.print(f"run: {run}")

@@ -119,7 +119,7 @@ class ItemIndex:
         built = cls(index, config, dim)
         built.add(matrix, ids)
         logger.info(
-            "built a %s index of %d items (dim %d) in %.2fs",
+            "built the %s index of %d items (dim %d) in %.2fs",
             config.kind,
             len(built),
             dim,

@@ -122,6 +122,7 @@ def load_models(run: Path, recall: Path) -> Models:
     """
     recaller = Recaller.load(Path(recall))
     ranker = Ranker(load_run(Path(run)), recaller.items, recaller.rows.template)
+    ranker.warm(recaller.users)
     behaviour = behaviour_column(ranker.config)
     if behaviour is None:
         behaviour = recaller.behaviour
