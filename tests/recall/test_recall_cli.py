@@ -107,6 +107,16 @@ def test_query_prints_top_items_and_a_click_changes_them(world):
     assert changed.exit_code == 0 and changed.output != shown.output
 
 
+def test_online_recall_equals_the_batch_search(world):
+    recaller = Recaller.load(world["run"])
+    users = recaller.users.filter(pl.col("recent_clicks").list.len() > 0).head(5)
+    batch = recaller.search(users, 40)
+    for i, user in enumerate(users.iter_rows(named=True)):
+        rows, _, source = recaller.recall_rows(user, user["recent_clicks"], 40)
+        assert source == "two_tower"
+        assert rows.tolist() == batch[i].tolist()
+
+
 def test_users_without_history_get_the_popularity_list(world):
     recaller = Recaller.load(world["run"])
     popular = recaller.items.sort("recall_clicks", descending=True)["item_id"]

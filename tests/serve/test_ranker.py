@@ -108,7 +108,7 @@ def test_warmed_and_cached_parts_score_the_same(served_world, catalogue):
     cold = Ranker.load(served_world["ranking"], items, template)
     warmed = Ranker.load(served_world["ranking"], items, template)
     warmed.warm(users)
-    assert len(warmed._parts) >= users.height
+    assert len(warmed.query._parts) >= users.height
     candidates = np.arange(40)
     for row in (0, 5, 9):
         user = users.row(row, named=True)

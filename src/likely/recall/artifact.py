@@ -34,7 +34,7 @@ import polars as pl
 import torch
 
 from likely.config import ExperimentConfig, load_config
-from likely.data.batches import gather
+from likely.data.batches import Batch, gather
 from likely.data.encoders import EncodedColumns, FeatureEncoders
 from likely.data.prepare import ARRAY_NAMES, ENCODERS, Prepared
 from likely.models.inputs import FeatureLayout
@@ -42,6 +42,7 @@ from likely.recall.index import ItemIndex
 from likely.recall.two_tower import CHUNK_ROWS, TwoTower
 from likely.recall.window import (
     CLICKS,
+    QueryEncoder,
     RowEncoder,
     WindowRows,
     behaviour_column,
@@ -120,6 +121,8 @@ class Recaller:
         self.user_column = user_column(config)
         self.behaviour = behaviour_column(config)
         self.num_candidates = config.recall.num_candidates
+        self.query = QueryEncoder(config, rows)
+        self.query.warm(users)
 
     @classmethod
     def load(cls, run_dir: Path, *, with_index: bool = True) -> Recaller:
@@ -236,19 +239,33 @@ class Recaller:
         """As `recall`, but the candidates as `(K,)` rows of the item table
         (what the ranker gathers by), with their `(K,)` scores and source."""
         k = k or self.num_candidates
-        row = dict(features)
-        if self.behaviour is not None:
-            row[self.behaviour] = list(history or [])
-        frame = pl.DataFrame([row])
-        if not self.has_history(frame)[0]:
+        history = list(history or [])
+        if self.behaviour is not None and not history:
             top = self.popular(k)
             scores = self.items[CLICKS].to_numpy()[top].astype(np.float32)
             return top, scores, "popularity"
         if self.index is None:
             raise FileNotFoundError(f"{self.run_dir} has no item index")
-        scores, top = self.index.search(self.user_vectors(frame), k)
+        user = dict(features)
+        if self.behaviour is not None:
+            user[self.behaviour] = history
+        scores, top = self.index.search(self._query_vector(user), k)
         keep = top[0] >= 0
         return top[0][keep], scores[0][keep], "two_tower"
+
+    @torch.no_grad()
+    def _query_vector(self, user: Mapping[str, Any]) -> np.ndarray:
+        """`(1, E)` vector of one user's raw values, through the query encoder."""
+        query = self.query.encode(user, {})
+        batch = Batch(
+            sparse=torch.from_numpy(query.sparse.astype(np.int64)),
+            dense=torch.from_numpy(query.dense),
+            sequence=torch.from_numpy(query.sequence.astype(np.int64)),
+            cross=torch.zeros((1, len(self.config.crosses)), dtype=torch.int64),
+            label=torch.zeros(1),
+            user=torch.zeros(1, dtype=torch.int64),
+        )
+        return self.model.user_vectors(batch).numpy()
 
     def user_row(self, user: Any) -> dict[str, Any] | None:
         """The window's latest user-side row of a raw user id, or None.

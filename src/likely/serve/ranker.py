@@ -28,7 +28,7 @@ import torch
 
 from likely.config import FeatureSpec, Side
 from likely.data.batches import Batch
-from likely.recall.window import RowEncoder
+from likely.recall.window import QueryEncoder, QueryRow, RowEncoder
 from likely.train.predict import LoadedRun, load_run
 
 logger = logging.getLogger(__name__)
@@ -45,30 +45,6 @@ def model_version(run_dir: Path) -> str:
 def _on_side(features: Sequence[FeatureSpec], side: Side) -> np.ndarray:
     """`(n,)` bool: which of these features are of `side`."""
     return np.array([f.side == side for f in features], dtype=bool)
-
-
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
-# Encoded user and context parts kept between requests. A part is two small
-# rows, so 100k of them take a few MB; past that the cache starts afresh.
-CACHE_SIZE = 100_000
-
-
-@dataclass(frozen=True)
-class QueryRow:
-    """The encoded row of one request, before the candidates' item columns.
-
-    Attributes:
-        sparse: `(1, F)` ids; item-side columns are 0 here.
-        dense: `(1, F_dense)`.
-        sequence: `(1, S, L)`.
-    """
-
-    sparse: np.ndarray
-    dense: np.ndarray
-    sequence: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -114,22 +90,7 @@ class Ranker:
         self.item_sparse = _on_side(config.sparse_features, Side.ITEM)
         self.item_dense = _on_side(config.dense_features, Side.ITEM)
         self.item_sequence = _on_side(config.sequence_features, Side.ITEM)
-        self.sides = {
-            side: (
-                _on_side(config.sparse_features, side),
-                _on_side(config.dense_features, side),
-                list(
-                    dict.fromkeys(
-                        f.source
-                        for f in config.features
-                        if f.side == side and f not in config.sequence_features
-                    )
-                ),
-            )
-            for side in (Side.USER, Side.CONTEXT)
-        }
-        self.sequence_columns = [f.source for f in config.sequence_features]
-        self._parts: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self.query = QueryEncoder(config, self.rows)
         encoded = self.rows.encode(items)
         # Only the item-side columns are ever read from these arrays.
         self.items = (
@@ -154,75 +115,18 @@ class Ranker:
         self, user: Mapping[str, Any], context: Mapping[str, Any]
     ) -> QueryRow:
         """The one encoded row of a request: user columns (their behaviour list
-        included) and context, the config's defaults under the request's.
-
-        Each side is encoded on its own, exactly as a whole row would be
-        (a feature reads its own column only; crosses are hashed later, over
-        the assembled ids), so the user and context parts can be cached: a
-        request then encodes only the behaviour list.
-        """
+        included) and context, the config's defaults under the request's."""
         values = {**self.config.serve.context_defaults}
         values.update({k: v for k, v in context.items() if v is not None})
-        user_sparse, user_dense = self._part(Side.USER, user)
-        context_sparse, context_dense = self._part(Side.CONTEXT, values)
-        sparse = np.where(self.sides[Side.USER][0], user_sparse, context_sparse)
-        dense = np.where(self.sides[Side.USER][1], user_dense, context_dense)
-        lists = {**values, **user}
-        sequences = self.typed_row(
-            {c: lists.get(c) or [] for c in self.sequence_columns}
-        )
-        sequence = self.run.encoders.sequence_ids(sequences)  # (1, S, L)
-        return QueryRow(sparse, dense, sequence)
-
-    def _part(
-        self, side: Side, values: Mapping[str, Any]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """`(1, F)` ids and `(1, F_dense)` values of one side's columns."""
-        columns = self.sides[side][2]
-        key = (side, *(_hashable(values.get(c)) for c in columns))
-        part = self._parts.get(key)
-        if part is None:
-            known = {c: values[c] for c in columns if values.get(c) is not None}
-            encoded = self.rows.encode(self.typed_row(known))
-            part = (encoded.sparse, encoded.dense)
-            if len(self._parts) >= CACHE_SIZE:
-                self._parts.clear()
-            self._parts[key] = part
-        return part
+        return self.query.encode(user, values)
 
     def warm(self, users: pl.DataFrame) -> None:
-        """Encode many users' parts in one pass (the window's users, at start)."""
-        columns = [c for c in self.sides[Side.USER][2] if c in users.columns]
-        rows = users.select(columns).unique(maintain_order=True)
-        rows = rows.head(CACHE_SIZE - len(self._parts))
-        encoded = self.rows.encode(rows)
-        for i, row in enumerate(rows.iter_rows()):
-            named = dict(zip(columns, row, strict=True))
-            all_columns = self.sides[Side.USER][2]
-            key = (Side.USER, *(_hashable(named.get(c)) for c in all_columns))
-            self._parts[key] = (encoded.sparse[i : i + 1], encoded.dense[i : i + 1])
+        """Encode the parts of many users in one pass (the window's, at start)."""
+        self.query.warm(users)
 
     def typed_row(self, row: Mapping[str, Any]) -> pl.DataFrame:
-        """One row in the logs' column types; columns the logs lack are dropped.
-
-        Raises:
-            ValueError: a value does not fit its column's type; names both.
-        """
-        schema = self.rows.template.schema
-        columns = []
-        for name, value in row.items():
-            if name not in schema:
-                continue
-            try:
-                series = pl.Series(name, [value]).cast(schema[name], strict=True)
-            except (pl.exceptions.PolarsError, TypeError, ValueError):
-                raise ValueError(
-                    f"{name}: {value!r} is not a {schema[name]} value"
-                ) from None
-            columns.append(series)
-        # A frame needs a height even when no column is known (a cold user
-        # with an empty context): one row of a column the template ignores.
-        return pl.DataFrame(columns) if columns else pl.DataFrame({"_": [0]})
+        """One row in the logs' column types; see `QueryEncoder.typed_row`."""
+        return self.query.typed_row(row)
 
     def batch(self, query: QueryRow, candidates: np.ndarray) -> Batch:
         """The `(K, ...)` batch of one query row against candidate item rows."""
