@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from likely.config import load_config, parse_config
-from likely.data.prepare import prepare
+from likely.data.prepare import PrepareError, prepare
 from likely.data.synthetic import generate
 from likely.data.windows import parse_date
 from likely.models.inputs import FeatureLayout
@@ -96,6 +96,22 @@ def test_a_non_empty_run_folder_is_refused(tmp_path, logs):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "x").write_text("")
     with pytest.raises(FileExistsError, match="not empty"):
+        Trainer(config, prepared, tmp_path / "run")
+
+
+def test_a_one_row_training_split_is_a_clear_error(tmp_path):
+    logs = tmp_path / "tiny"
+    generate(logs, days=2, rows_per_day=1, num_users=5, num_items=10, seed=1)
+    config = load_config(write_config(tmp_path, logs, {"name": "wide_resnet"}))
+    config = config.model_copy(
+        update={
+            "data": config.data.model_copy(
+                update={"window_days": 1, "holdout_fraction": 0.0}
+            )
+        }
+    )
+    prepared = prepare(config, parse_date("2026-11-02"))
+    with pytest.raises(PrepareError, match="has 1 row.*at least 2"):
         Trainer(config, prepared, tmp_path / "run")
 
 

@@ -122,6 +122,8 @@ class BatchIterator:
         ...                             shuffle=False, drop_last=False)
         >>> [b.tolist() for b in order]
         [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+        >>> [len(b) for b in BatchIterator.order(9, 4, 0, 0, True, False)]
+        [4, 5]
     """
 
     def __init__(
@@ -161,7 +163,12 @@ class BatchIterator:
         else:
             perm = np.arange(rows)
         cut = rows - rows % batch_size if drop_last else rows
-        return [perm[i : i + batch_size] for i in range(0, cut, batch_size)]
+        batches = [perm[i : i + batch_size] for i in range(0, cut, batch_size)]
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            # A lone last row joins the batch before it: batch normalization
+            # cannot normalise a batch of one.
+            batches[-2:] = [np.concatenate(batches[-2:])]
+        return batches
 
     def _mine(self, epoch: int) -> list[np.ndarray]:
         every = self.order(

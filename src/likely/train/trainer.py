@@ -65,7 +65,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from likely.config import ExperimentConfig
 from likely.data.batches import BatchIterator, SplitArrays
-from likely.data.prepare import ENCODERS, MANIFEST, Prepared
+from likely.data.prepare import ENCODERS, MANIFEST, PrepareError, Prepared
 from likely.models.inputs import FeatureLayout
 from likely.models.registry import count_parameters
 from likely.train.checkpoint import (
@@ -275,6 +275,11 @@ class Trainer:
             for name, opt in self.optimizers.items()
         }
         self.train_split = SplitArrays(prepared.folder / "train")
+        if len(self.train_split) < 2:
+            raise PrepareError(
+                f"the training split of {prepared.folder} has "
+                f"{len(self.train_split)} row(s); training needs at least 2"
+            )
         self.batches = BatchIterator(
             self.train_split,
             train.batch_size,
