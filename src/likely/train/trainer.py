@@ -65,7 +65,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from likely.config import ExperimentConfig
 from likely.data.batches import BatchIterator, SplitArrays
-from likely.data.prepare import ENCODERS, MANIFEST, PrepareError, Prepared
+from likely.data.prepare import ENCODERS, MANIFEST, Prepared, PrepareError
 from likely.models.inputs import FeatureLayout
 from likely.models.registry import count_parameters
 from likely.train.checkpoint import (
