@@ -794,7 +794,8 @@ def serve(
         bool,
         typer.Option(
             help="Replace the store's user and item profiles with the recall "
-            "run's window (done anyway when the store has none)."
+            "run's window (done anyway when the store has none, or has them "
+            "from another recall run)."
         ),
     ] = False,
 ) -> None:
@@ -813,6 +814,7 @@ def serve(
         create_app,
         load_models,
         load_profiles,
+        profile_source,
     )
     from likely.serve.store import open_store
 
@@ -823,7 +825,9 @@ def serve(
             _fail(str(error))
         with console.status("loading the ranking and recall runs"):
             models = load_models(run, recall)
-        if reload_profiles or not feature_store.has_profiles():
+        meta = feature_store.meta()
+        stale = meta is None or meta.source != profile_source(models)
+        if reload_profiles or stale or not feature_store.has_profiles():
             with console.status("loading user and item profiles into the store"):
                 load_profiles(feature_store, models)
     if token is None:

@@ -36,7 +36,7 @@ import polars as pl
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -143,6 +143,13 @@ def load_models(run: Path, recall: Path) -> Models:
     )
 
 
+def profile_source(models: Models) -> str:
+    """Names the window the recall run's rows come from: the run and when its
+    artifact was built, so a rebuilt or another run reads as a new source."""
+    built = (models.recaller.run_dir / "recall" / "recall.json").stat().st_mtime
+    return f"{models.recaller.run_dir.resolve()} built {built:.0f}"
+
+
 def load_profiles(store: FeatureStore, models: Models) -> None:
     """Fill the store's user and item profiles from the recall window's rows."""
     recaller = models.recaller
@@ -158,6 +165,7 @@ def load_profiles(store: FeatureStore, models: Models) -> None:
         template=recaller.rows.template,
         label_column=models.ranker.config.data.label,
         date_column=models.ranker.config.data.date_column,
+        source=profile_source(models),
     )
 
 
@@ -165,7 +173,10 @@ def load_profiles(store: FeatureStore, models: Models) -> None:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: the body must have the types the schema states; lax parsing
+    # would take 0 for `include_features` or "5" for `k`, which clients
+    # reading the schema cannot predict.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RecommendRequest(Strict):
@@ -214,6 +225,33 @@ class EventsRequest(Strict):
 class ReloadRequest(Strict):
     run: str | None = Field(default=None, max_length=4096)
     recall: str | None = Field(default=None, max_length=4096)
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list[ErrorDetail] = Field(
+        description="what was wrong: a sentence, or one entry per bad field"
+    )
+
+
+# The error answers the routes give besides FastAPI's own 422, in the schema
+# so that clients (and schema-driven tests) know to expect them.
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        400: "a body that is not text (FastAPI's answer before any validation)",
+        401: "no bearer token, or not the service's",
+        404: "no such user in the store",
+        413: "the body is larger than the service accepts",
+        422: "an invalid body, or a run that did not load; the old one serves on",
+    }
+    return {
+        code: {"model": ErrorResponse, "description": described[code]} for code in codes
+    }
 
 
 # ---------------------------------------------------------------- metrics
@@ -656,11 +694,13 @@ def create_app(service: Service) -> FastAPI:
         ]
         return JSONResponse(status_code=422, content={"detail": details})
 
-    @app.post("/recommend", response_model=RecommendResponse)
+    @app.post("/recommend", response_model=RecommendResponse, responses=_errors(400, 413))
     def recommend(request: RecommendRequest) -> RecommendResponse:
         return service.recommend(request)
 
-    @app.post("/events", dependencies=[Depends(authorised)])
+    @app.post(
+        "/events", dependencies=[Depends(authorised)], responses=_errors(400, 401, 413)
+    )
     def events(request: EventsRequest) -> dict[str, int]:
         return {"accepted": service.events(request)}
 
@@ -677,7 +717,7 @@ def create_app(service: Service) -> FastAPI:
             table = table.drop(behaviour)
         return {"users": table.to_dicts()}
 
-    @app.get("/users/{user_id}")
+    @app.get("/users/{user_id}", responses=_errors(404))
     def user(user_id: Annotated[str, Path_(max_length=128)]) -> dict[str, Any]:
         """A user's profile and recent clicks as the store holds them now."""
         models = service.models
@@ -697,13 +737,17 @@ def create_app(service: Service) -> FastAPI:
     def health() -> dict[str, Any]:
         return service.health()
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
         return Response(
             generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST
         )
 
-    @app.post("/admin/reload", dependencies=[Depends(authorised)])
+    @app.post(
+        "/admin/reload",
+        dependencies=[Depends(authorised)],
+        responses=_errors(400, 401, 413, 422),
+    )
     def reload(request: ReloadRequest | None = None) -> dict[str, str]:
         request = request or ReloadRequest()
         previous = service.models.version

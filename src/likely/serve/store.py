@@ -129,6 +129,8 @@ class StoreMeta:
         user_ids: how the logs type user ids, "int" or "str".
         item_ids: how the logs type item ids, "int" or "str".
         loaded_at: when the profiles were loaded, unix seconds.
+        source: what the profiles were loaded from (free text, e.g. the
+            recall run and when its window was read).
     """
 
     user_column: str
@@ -140,6 +142,7 @@ class StoreMeta:
     user_ids: IdType
     item_ids: IdType
     loaded_at: float
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ class FeatureStore(ABC):
         label_column: str = "label",
         date_column: str | None = None,
         replay_clicks_since: float | None = None,
+        source: str = "",
     ) -> None:
         """Replace every profile with one per row of `users` and of `items`.
 
@@ -220,6 +224,7 @@ class FeatureStore(ABC):
             label_column: the logs' click label.
             date_column: the logs' day column, if they have one.
             replay_clicks_since: unix seconds; see above.
+            source: what the profiles come from, kept in the meta.
 
         Raises:
             ValueError: a column is missing, the behaviour column is not a
@@ -259,6 +264,7 @@ class FeatureStore(ABC):
             user_ids=_id_type(template, users, user_column),
             item_ids=_id_type(template, items, item_column),
             loaded_at=time.time(),
+            source=source,
         )
         seeds: dict[str, list] | None = None
         if behaviour_column is not None:
