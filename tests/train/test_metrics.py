@@ -13,7 +13,14 @@ from sklearn.metrics import log_loss as sklearn_log_loss
 from sklearn.metrics import roc_auc_score
 
 from likely.train import metrics
-from likely.train.metrics import calibration, evaluate, gauc, log_loss, roc_auc
+from likely.train.metrics import (
+    calibration,
+    evaluate,
+    gauc,
+    log_loss,
+    platt_scaling,
+    roc_auc,
+)
 
 
 def brute_force_gauc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray):
@@ -335,3 +342,27 @@ def test_bad_users_are_named(function, users, message):
 def test_log_loss_rejects_bad_eps(eps):
     with pytest.raises(ValueError, match=rf"eps must lie in \(0, 0.5\); got {eps!r}"):
         log_loss(np.array(GOOD_LABELS), np.array(GOOD_VALUES), eps=eps)
+
+
+def test_platt_scaling_recovers_the_true_scale_and_lowers_logloss():
+    rng = np.random.default_rng(3)
+    true = rng.normal(-1.5, 1.0, size=200_000)
+    labels = (rng.random(true.size) < 1 / (1 + np.exp(-true))).astype(np.float32)
+    # Calibrated logits need nothing; over-confident ones are scaled down.
+    scale, bias = platt_scaling(labels, true)
+    assert abs(scale - 1) < 0.03 and abs(bias) < 0.03
+    confident = 3 * true + 1
+    scale, bias = platt_scaling(labels, confident)
+    assert abs(scale - 1 / 3) < 0.01 and abs(bias + 1 / 3) < 0.03
+    fixed = 1 / (1 + np.exp(-(scale * confident + bias)))
+    assert log_loss(labels, fixed) < log_loss(labels, 1 / (1 + np.exp(-confident)))
+    assert roc_auc(labels, fixed) == pytest.approx(roc_auc(labels, confident))
+
+
+def test_platt_scaling_refuses_one_class_and_nan():
+    with pytest.raises(ValueError, match="all 0; scaling needs both classes"):
+        platt_scaling(np.zeros(5), np.arange(5.0))
+    with pytest.raises(ValueError, match="NaN"):
+        platt_scaling(np.array([0, 1]), np.array([0.0, np.nan]))
+    with pytest.raises(ValueError, match="differ in length"):
+        platt_scaling(np.array([0, 1]), np.zeros(3))

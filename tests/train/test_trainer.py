@@ -85,6 +85,10 @@ def test_train_evaluates_and_writes_a_self_contained_run(tmp_path, logs):
     rebuilt.eval()
     reference = build_model(saved, layout)
     load_weights(run / "best.safetensors", reference)
+    # The saved model is the best epoch's, calibrated on the validation rows.
+    (fitted,) = [r["calibration"] for r in lines if "calibration" in r]
+    assert fitted["scale"] > 0
+    reference.set_calibration(fitted["scale"], fitted["bias"])
     reference.eval()
     with torch.no_grad():
         assert torch.equal(rebuilt.score(batch), reference.score(batch))

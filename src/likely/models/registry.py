@@ -21,11 +21,26 @@ class CTRModel(nn.Module):
 
     The four tensors are those of `Batch` (`score` unpacks one), passed one by
     one so that `torch.export` can trace a model as it is.
+
+    Two buffers hold a calibration of the logits, fitted after training on
+    held-out rows (`train.calibrate`): `score` applies it, `forward` (which
+    training optimises) does not. They start as the identity.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("logit_scale", torch.ones(()))
+        self.register_buffer("logit_bias", torch.zeros(()))
+
     def score(self, batch: Batch) -> torch.Tensor:
-        """Logits `(B,)` of a batch."""
-        return self(batch.sparse, batch.dense, batch.sequence, batch.cross)
+        """Calibrated logits `(B,)` of a batch."""
+        logits = self(batch.sparse, batch.dense, batch.sequence, batch.cross)
+        return logits * self.logit_scale + self.logit_bias
+
+    @torch.no_grad()
+    def set_calibration(self, scale: float, bias: float) -> None:
+        self.logit_scale.fill_(scale)
+        self.logit_bias.fill_(bias)
 
 
 Builder = Callable[..., CTRModel]

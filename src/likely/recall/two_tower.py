@@ -334,6 +334,10 @@ class RetrievalObjective:
     def train_rows(self, split: SplitArrays) -> np.ndarray | None:
         return self.clicked
 
+    def calibrate(self, model: nn.Module, prepared: Prepared) -> dict[str, float]:
+        """Nothing: recall ranks by inner products, which need no calibration."""
+        return {}
+
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         user, item = model(batch.sparse, batch.dense, batch.sequence, batch.cross)
         item_ids = batch.sparse[:, self.columns.item_id]  # (B,)

@@ -12,6 +12,7 @@ cross-entropy on a CTR model's logits, evaluated by AUC, logloss and GAUC.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,8 +24,10 @@ from likely.data.batches import Batch, SplitArrays
 from likely.data.prepare import Prepared
 from likely.models.inputs import FeatureLayout
 from likely.models.registry import build_model
-from likely.train.metrics import evaluate
+from likely.train.metrics import evaluate, platt_scaling
 from likely.train.predict import score_split
+
+logger = logging.getLogger(__name__)
 
 
 class Objective(Protocol):
@@ -61,6 +64,11 @@ class Objective(Protocol):
         """Metrics of the model on a split of the prepared window."""
         ...
 
+    def calibrate(self, model: nn.Module, prepared: Prepared) -> dict[str, float]:
+        """Fit what the model's scores need after training (on held-out rows);
+        what was fitted, empty for nothing."""
+        ...
+
 
 class RankingObjective:
     """Binary cross-entropy on the logits of the config's CTR model.
@@ -91,6 +99,28 @@ class RankingObjective:
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         logits = model(batch.sparse, batch.dense, batch.sequence, batch.cross)  # (B,)
         return self.loss_fn(logits, batch.label)
+
+    def calibrate(self, model: nn.Module, prepared: Prepared) -> dict[str, float]:
+        """Platt scaling of the logits on the validation split (see
+        `train.calibrate`); nothing without that split."""
+        if not self.config.train.calibrate or "valid" not in prepared.splits:
+            return {}
+        folder = prepared.folder / "valid"
+        model.set_calibration(1.0, 0.0)
+        logits = score_split(model, folder, self.config.train.eval_batch_size)
+        labels = np.asarray(SplitArrays(folder).arrays["label"])
+        if labels.min() == labels.max():
+            logger.warning("calibration skipped: the validation labels are all one")
+            return {}
+        scale, bias = platt_scaling(labels, logits)
+        if not scale > 0:
+            # A non-positive scale would reverse the ranking: the model is no
+            # better than chance on these rows, and is left as it is.
+            logger.warning("calibration skipped: fitted scale %.4f", scale)
+            return {}
+        model.set_calibration(scale, bias)
+        logger.info("calibrated logits on valid: scale %.4f, bias %.4f", scale, bias)
+        return {"scale": scale, "bias": bias}
 
     def evaluate(
         self, model: nn.Module, prepared: Prepared, split: str, device: torch.device

@@ -496,6 +496,12 @@ class Trainer:
         best = self.run_dir / "best.safetensors"
         if best.is_file():
             load_weights(best, self.model)
+        was_training = self.model.training
+        self.model.eval()
+        fitted = self.objective.calibrate(self.model, self.prepared)
+        self.model.train(was_training)
+        if fitted:
+            self._log({"calibration": fitted})
         metrics = {}
         for split in ("valid", "test"):
             if split in self.prepared.splits:
