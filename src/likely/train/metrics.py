@@ -240,9 +240,7 @@ def platt_scaling(
     z = z.astype(np.float64)
     _check_no_nan(z, "logits")
     if labels.min() == labels.max():
-        raise ValueError(
-            f"labels are all {int(labels[0])}; scaling needs both classes"
-        )
+        raise ValueError(f"labels are all {int(labels[0])}; scaling needs both classes")
     y = labels.astype(np.float64)
 
     def loss(scale: float, bias: float) -> float:
