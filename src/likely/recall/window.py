@@ -248,6 +248,23 @@ def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def _same_kind(value: Any, dtype: pl.DataType) -> bool:
+    """Whether a JSON value is of the kind a column holds (None fits all)."""
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return dtype == pl.Boolean
+    if dtype.is_integer():
+        return isinstance(value, int)
+    if dtype.is_float():
+        return isinstance(value, int | float)
+    if dtype in (pl.String, pl.Categorical):
+        return isinstance(value, str)
+    if isinstance(dtype, pl.List):
+        return isinstance(value, list)
+    return True
+
+
 def _on_side(features: list[FeatureSpec], side: Side) -> np.ndarray:
     """`(n,)` bool: which of these features are of `side`."""
     return np.array([f.side == side for f in features], dtype=bool)
@@ -346,8 +363,14 @@ class QueryEncoder:
             key = (Side.USER, *(_hashable(named.get(c)) for c in columns))
             self._parts[key] = (encoded.sparse[i : i + 1], encoded.dense[i : i + 1])
 
-    def typed_row(self, row: Mapping[str, Any]) -> pl.DataFrame:
+    def typed_row(self, row: Mapping[str, Any], *, exact: bool = False) -> pl.DataFrame:
         """One row in the logs' column types; columns the logs lack are dropped.
+
+        Args:
+            row: raw values by column.
+            exact: refuse values whose JSON kind is not the column's (3.5 or
+                true for an integer, 7 for text) instead of converting them;
+                for values a client sent.
 
         Raises:
             ValueError: a value does not fit its column's type; names both.
@@ -357,6 +380,8 @@ class QueryEncoder:
         for name, value in row.items():
             if name not in schema:
                 continue
+            if exact and not _same_kind(value, schema[name]):
+                raise ValueError(f"{name}: {value!r} is not a {schema[name]} value")
             try:
                 series = pl.Series(name, [value]).cast(schema[name], strict=True)
             except (pl.exceptions.PolarsError, TypeError, ValueError):

@@ -33,6 +33,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import polars as pl
+import redis
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
@@ -239,15 +240,17 @@ class ErrorResponse(BaseModel):
     )
 
 
-# The error answers the routes give besides FastAPI's own 422, in the schema
-# so that clients (and schema-driven tests) know to expect them.
+# Error answers FastAPI does not document by itself, stated in the schema so
+# that clients (and schema-driven tests) expect them. A refused reload is a
+# 422 whose detail is a sentence, not FastAPI's list of bad fields.
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
-        400: "a body that is not text (FastAPI's answer before any validation)",
+        400: "a body that cannot be read as text (not UTF-8)",
         401: "no bearer token, or not the service's",
         404: "no such user in the store",
         413: "the body is larger than the service accepts",
         422: "an invalid body, or a run that did not load; the old one serves on",
+        503: "the feature store cannot be reached; try again after Retry-After",
     }
     return {
         code: {"model": ErrorResponse, "description": described[code]} for code in codes
@@ -529,7 +532,7 @@ def _check_context(
                 f"'{name}' is not a context column; choose from: {allowed}",
             )
         try:
-            models.ranker.typed_row({name: value})
+            models.ranker.typed_row({name: value}, exact=True)
         except ValueError as error:
             raise _field_error([*loc, name], str(error)) from None
 
@@ -694,12 +697,29 @@ def create_app(service: Service) -> FastAPI:
         ]
         return JSONResponse(status_code=422, content={"detail": details})
 
-    @app.post("/recommend", response_model=RecommendResponse, responses=_errors(400, 413))
+    # Redis down, or loading its AOF after a restart: the request may succeed
+    # a moment later, so say so (503) rather than fail as a bug would (500),
+    # and /health tells a load balancer to send traffic elsewhere meanwhile.
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def store_unavailable(request: Request, error: redis.exceptions.RedisError):
+        logger.error("feature store unavailable: %s", error)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": f"the feature store is unavailable: {error}"},
+            headers={"Retry-After": "1"},
+        )
+
+    @app.post(
+        "/recommend", response_model=RecommendResponse, responses=_errors(400, 413, 503)
+    )
     def recommend(request: RecommendRequest) -> RecommendResponse:
         return service.recommend(request)
 
     @app.post(
-        "/events", dependencies=[Depends(authorised)], responses=_errors(400, 401, 413)
+        "/events",
+        dependencies=[Depends(authorised)],
+        responses=_errors(400, 401, 413, 503),
     )
     def events(request: EventsRequest) -> dict[str, int]:
         return {"accepted": service.events(request)}
@@ -717,7 +737,7 @@ def create_app(service: Service) -> FastAPI:
             table = table.drop(behaviour)
         return {"users": table.to_dicts()}
 
-    @app.get("/users/{user_id}", responses=_errors(404))
+    @app.get("/users/{user_id}", responses=_errors(404, 503))
     def user(user_id: Annotated[str, Path_(max_length=128)]) -> dict[str, Any]:
         """A user's profile and recent clicks as the store holds them now."""
         models = service.models
@@ -733,7 +753,7 @@ def create_app(service: Service) -> FastAPI:
             "history": service.store.history(typed),
         }
 
-    @app.get("/health")
+    @app.get("/health", responses=_errors(503))
     def health() -> dict[str, Any]:
         return service.health()
 

@@ -124,9 +124,9 @@ class Ranker:
         """Encode the parts of many users in one pass (the window's, at start)."""
         self.query.warm(users)
 
-    def typed_row(self, row: Mapping[str, Any]) -> pl.DataFrame:
+    def typed_row(self, row: Mapping[str, Any], *, exact: bool = False) -> pl.DataFrame:
         """One row in the logs' column types; see `QueryEncoder.typed_row`."""
-        return self.query.typed_row(row)
+        return self.query.typed_row(row, exact=exact)
 
     def batch(self, query: QueryRow, candidates: np.ndarray) -> Batch:
         """The `(K, ...)` batch of one query row against candidate item rows."""
