@@ -815,6 +815,7 @@ def serve(
         load_models,
         load_profiles,
         profile_source,
+        settle_memory,
     )
     from likely.serve.store import open_store
 
@@ -835,6 +836,7 @@ def serve(
         out.print(f"write token (set LIKELY_TOKEN to choose one): {token}")
     settings = ServiceSettings(run=run, recall=recall, token=token, runs_dir=watch)
     service = Service(settings, feature_store, models)
+    settle_memory()
     out.print(
         f"serving {models.version} with {models.ranker.num_items:,} items from "
         f"{recall} on http://{host}:{port} (store {store})"

@@ -710,11 +710,12 @@ class SQLiteStore(FeatureStore):
         if not create and not self.path.is_file():
             raise FileNotFoundError(f"no feature store at {self.path}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One connection shared by all threads behind a lock, not one per
-        # thread: the service's thread pool retires idle threads, and their
-        # connections would pile up unclosed. A lookup takes microseconds, so
-        # the lock costs little; other processes coordinate through WAL and
-        # the busy timeout.
+        # Two connections shared by all threads, each behind a lock, not one
+        # per thread: the service's thread pool retires idle threads, and
+        # their connections would pile up unclosed. Writes go through one;
+        # reads through the other, so a lookup never waits for a commit's
+        # fsync (WAL lets a reader see the last commit while a writer works).
+        # Other processes coordinate through WAL and the busy timeout.
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=30.0
@@ -724,6 +725,10 @@ class SQLiteStore(FeatureStore):
         except sqlite3.DatabaseError as error:
             self._db.close()
             raise ValueError(f"{self.path} is not a feature store: {error}") from None
+        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
 
     def _set_up(self) -> None:
         db = self._db
@@ -759,8 +764,8 @@ class SQLiteStore(FeatureStore):
                 raise
 
     def _read(self, sql: str, parameters: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, parameters).fetchall()
+        with self._read_lock:
+            return self._reader.execute(sql, parameters).fetchall()
 
     def _write_profiles(self, users, items, seeds, meta, template, replay_since):
         with self._transaction() as db:
@@ -865,7 +870,8 @@ class SQLiteStore(FeatureStore):
         )
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            self._reader.close()
             self._db.close()
 
     def __repr__(self) -> str:
