@@ -52,6 +52,8 @@ def served_world(tmp_path_factory):
     raw["data"]["cache_dir"] = str(root / "cache")
     raw["train"] = {"batch_size": 512, "epochs": 1, "threads": 1}
     raw["model"] = {"name": "deepfm", "hidden_dims": [16]}
+    # Exact scores, to compare with offline scoring; bf16 is tested apart.
+    raw["serve"]["precision"] = "fp32"
     raw["recall"] = {
         "output_dim": 16,
         "hidden_dims": [32],

@@ -806,6 +806,7 @@ def serve(
     """
     import secrets
 
+    import torch
     import uvicorn
 
     from likely.serve.app import (
@@ -834,6 +835,8 @@ def serve(
     if token is None:
         token = secrets.token_urlsafe(24)
         out.print(f"write token (set LIKELY_TOKEN to choose one): {token}")
+    # One thread a request, as many requests at once as cores (see Service).
+    torch.set_num_threads(1)
     settings = ServiceSettings(run=run, recall=recall, token=token, runs_dir=watch)
     service = Service(settings, feature_store, models)
     settle_memory()

@@ -526,6 +526,12 @@ class ServeConfig(Frozen):
         default={},
         description="raw value of each context column that a request does not give",
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="fp32",
+        description="the ranking model's forward pass when serving: bf16 "
+        "autocast was 1.6x faster on a CPU with bf16 instructions, logits "
+        "within about 0.04; auto takes bf16 where it is fast",
+    )
 
 
 class ExperimentConfig(Frozen):

@@ -116,3 +116,19 @@ def test_warmed_and_cached_parts_score_the_same(served_world, catalogue):
         first = cold.logits(user, context, candidates)
         np.testing.assert_array_equal(warmed.logits(user, context, candidates), first)
         np.testing.assert_array_equal(cold.logits(user, context, candidates), first)
+
+
+def test_bf16_scores_are_close_to_fp32(catalogue, ranker):
+    _, users, _ = catalogue
+    user = users.row(6, named=True)
+    candidates = np.arange(200)
+    exact = ranker.logits(user, {}, candidates)
+    ranker.bf16 = True
+    try:
+        fast = ranker.logits(user, {}, candidates)
+    finally:
+        ranker.bf16 = False
+    assert fast.dtype == np.float32
+    np.testing.assert_allclose(fast, exact, atol=0.1)
+    top = set(np.argsort(-exact)[:100]) & set(np.argsort(-fast)[:100])
+    assert len(top) >= 90

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import hmac
 import logging
+import os
 import threading
 import time
 import uuid
@@ -91,6 +92,7 @@ class ServiceSettings:
     limits: Limits = field(default_factory=Limits)
     runs_dir: Path | None = None
     watch_seconds: float = 10.0
+    compute_slots: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------- the models
@@ -323,11 +325,12 @@ class Service:
         self.paths = (Path(settings.run), Path(settings.recall))
         self.started = time.time()
         self._reload_lock = threading.Lock()
-        # One request computes (recall and ranking) at a time: torch already
-        # spreads one batch over every core, and the thread pool's dozens of
-        # threads each running it at once only thrash the caches; waiting
+        # As many requests compute (recall and ranking) at once as there are
+        # cores, each on one torch thread (`likely serve` sets that): one
+        # batch of 1,000 rows gains little from a second thread, and dozens
+        # of pool threads computing at once only thrash the caches. Waiting
         # here is the "queue" stage.
-        self._compute = threading.Lock()
+        self._compute = threading.Semaphore(settings.compute_slots)
 
     def reload(self, run: Path | None = None, recall: Path | None = None) -> Models:
         """Load, probe and swap in new models; the old keep serving on failure.

@@ -30,6 +30,7 @@ from likely.config import FeatureSpec, Side
 from likely.data.batches import Batch
 from likely.recall.window import QueryEncoder, QueryRow, RowEncoder
 from likely.train.predict import LoadedRun, load_run
+from likely.train.trainer import pick_precision
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class Ranker:
         self.item_dense = _on_side(config.dense_features, Side.ITEM)
         self.item_sequence = _on_side(config.sequence_features, Side.ITEM)
         self.query = QueryEncoder(config, self.rows)
+        precision = pick_precision(config.serve.precision, torch.device("cpu"))
+        self.bf16 = precision == "bf16"
         encoded = self.rows.encode(items)
         # Only the item-side columns are ever read from these arrays.
         self.items = (
@@ -170,7 +173,8 @@ class Ranker:
                 f"catalogue of {self.num_items} items"
             )
         batch = self.batch(self.query_row(user, context), candidates)
-        return self.run.model.score(batch).float().numpy()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return self.run.model.score(batch).float().numpy()
 
     def rank(
         self,
