@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # the training benchmark's data and settings
     sys.path.insert(0, str(HERE))
 
+from machine import cpu_name  # noqa: E402
 from train_speed import (  # noqa: E402
     EMBEDDING_DIM,
     HIDDEN_DIMS,
@@ -235,13 +236,7 @@ def machine(threads: int) -> dict:
     import polars
     import torch
 
-    name = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+    name = cpu_name()
     return {
         "cpu": name,
         "cores": len(os.sched_getaffinity(0)),

@@ -34,6 +34,7 @@ import torch
 
 from likely.config import ExactIndexConfig, HNSWIndexConfig, IVFIndexConfig
 from likely.recall.index import ItemIndex
+from machine import cpu_name
 
 NEIGHBOURS = 1000
 WARM_UP = 5
@@ -126,13 +127,7 @@ def bench_run(run: Path, queries: int) -> dict:
 
 
 def machine() -> dict:
-    name = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+    name = cpu_name()
     return {
         "cpu": name,
         "cores": len(os.sched_getaffinity(0)),

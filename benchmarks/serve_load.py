@@ -53,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+from machine import cpu_name
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BACKENDS = ("sqlite", "redis")
@@ -531,13 +533,7 @@ def machine() -> dict:
     import torch
     import uvicorn
 
-    name = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+    name = cpu_name()
     return {
         "cpu": name,
         "cores": len(os.sched_getaffinity(0)),
