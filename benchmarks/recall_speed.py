@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +35,9 @@ import torch
 
 from likely.config import ExactIndexConfig, HNSWIndexConfig, IVFIndexConfig
 from likely.recall.index import ItemIndex
+
+# Run as a script or loaded by path: the sibling modules are beside this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_name
 
 NEIGHBOURS = 1000

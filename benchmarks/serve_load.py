@@ -53,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+# Run as a script or loaded by path: the sibling modules are beside this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
