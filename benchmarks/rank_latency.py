@@ -51,8 +51,7 @@ from train_speed import (  # noqa: E402
     HIDDEN_DIMS,
     NUM_DENSE,
     NUM_SPARSE,
-    VOCABS,
-    field_sizes,
+    experiment_config,
     generate,
 )
 
@@ -67,45 +66,6 @@ def side(kind: str, index: int) -> str:
     """The side of field `index` (0-based) of `kind`, 'dense' or 'sparse'."""
     user_fields = USER_DENSE if kind == "dense" else USER_SPARSE
     return "user" if index < user_fields else "item"
-
-
-def experiment_config(folder: Path, **train: object):
-    """The training benchmark's DeepFM config, its fields split by side."""
-    from likely.config import parse_config
-
-    features = [
-        {
-            "name": f"I{d + 1}",
-            "kind": "dense",
-            "transform": "log1p",
-            "side": side("dense", d),
-        }
-        for d in range(NUM_DENSE)
-    ]
-    features += [
-        {
-            "name": f"C{f + 1}",
-            "kind": "sparse",
-            "vocabulary": {"hash_buckets": size},
-            "side": side("sparse", f),
-        }
-        for f, size in enumerate(field_sizes(VOCABS[VOCAB]))
-    ]
-    return parse_config(
-        {
-            "data": {
-                "path": str(folder / "train.parquet"),
-                "test_path": str(folder / "test.parquet"),
-                "format": "parquet",
-                "label": "label",
-                "cache_dir": str(folder / "cache"),
-            },
-            "features": features,
-            "embedding_dim": EMBEDDING_DIM,
-            "model": {"name": "deepfm", "hidden_dims": HIDDEN_DIMS},
-            "train": {"batch_size": 4096, "epochs": 1, "threads": 2, **train},
-        }
-    )
 
 
 def build_ranker(folder: Path, train_rows: int, catalogue: int, users: int):
@@ -126,7 +86,7 @@ def build_ranker(folder: Path, train_rows: int, catalogue: int, users: int):
     logging.basicConfig(level=logging.WARNING)
     data = folder / f"{VOCAB}-{train_rows}"
     generate(data, train_rows, TEST_ROWS, VOCAB)
-    config = experiment_config(data)
+    config = experiment_config(data, VOCAB, side=side)
     run = data / "run"
     try:
         load_run(run)

@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -104,22 +105,38 @@ def generate(folder: Path, rows: int, test_rows: int, vocab: str) -> None:
     (folder / "test.partial").replace(folder / "test.parquet")
 
 
-def experiment_config(folder: Path, vocab: str, **train: object):
-    """likely's config for the generated data; `train` overrides train settings."""
+def experiment_config(
+    folder: Path,
+    vocab: str,
+    side: Callable[[str, int], str] | None = None,
+    **train: object,
+):
+    """likely's config for the generated data; `train` overrides train settings.
+
+    `side(kind, index)`, where given, names each field's side ('user' or
+    'item') for kind 'dense' or 'sparse' (the serving benchmark splits them).
+    """
     from likely.config import parse_config
 
+    def sided(kind: str, index: int, spec: dict) -> dict:
+        return spec if side is None else {**spec, "side": side(kind, index)}
+
     features = [
-        {"name": f"I{d + 1}", "kind": "dense", "transform": "log1p"}
+        sided("dense", d, {"name": f"I{d + 1}", "kind": "dense", "transform": "log1p"})
         for d in range(NUM_DENSE)
     ]
     # Hash buckets make each table exactly its field's size, as DeepCTR's
     # `vocabulary_size` does, whatever subset of ids the rows happen to use.
     features += [
-        {
-            "name": f"C{f + 1}",
-            "kind": "sparse",
-            "vocabulary": {"hash_buckets": size},
-        }
+        sided(
+            "sparse",
+            f,
+            {
+                "name": f"C{f + 1}",
+                "kind": "sparse",
+                "vocabulary": {"hash_buckets": size},
+            },
+        )
         for f, size in enumerate(field_sizes(VOCABS[vocab]))
     ]
     return parse_config(
