@@ -77,6 +77,7 @@ def test_rank_returns_the_best_k_in_order(catalogue, ranker):
     logits = ranker.logits(user, {}, candidates)
     ranked = ranker.rank(user, {}, candidates, k=25)
     assert len(ranked.rows) == 25
+    assert np.array_equal(candidates[ranked.order], ranked.rows)
     assert np.all(np.diff(ranked.logits) <= 0)
     np.testing.assert_allclose(ranked.logits, np.sort(logits)[::-1][:25], rtol=1e-6)
     assert np.all((ranked.probs > 0) & (ranked.probs < 1))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 CLICKS = "recall_clicks"
 IMPRESSIONS = "recall_impressions"
+# The counts `read_window` adds to the item rows: no column of the logs.
+COUNT_COLUMNS = (CLICKS, IMPRESSIONS)
 
 
 @dataclass(frozen=True)
@@ -265,7 +267,7 @@ def _same_kind(value: Any, dtype: pl.DataType) -> bool:
     return True
 
 
-def _on_side(features: list[FeatureSpec], side: Side) -> np.ndarray:
+def on_side(features: Sequence[FeatureSpec], side: Side) -> np.ndarray:
     """`(n,)` bool: which of these features are of `side`."""
     return np.array([f.side == side for f in features], dtype=bool)
 
@@ -307,8 +309,8 @@ class QueryEncoder:
         sequences = config.sequence_features
         self.sides = {
             side: (
-                _on_side(config.sparse_features, side),
-                _on_side(config.dense_features, side),
+                on_side(config.sparse_features, side),
+                on_side(config.dense_features, side),
                 list(
                     dict.fromkeys(
                         f.source

@@ -20,6 +20,7 @@ old models, the next ones start on the new, and none fails in between.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hmac
 import logging
@@ -27,8 +28,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -53,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from likely.config import ContextValue
 from likely.recall.artifact import Recaller
-from likely.recall.window import behaviour_column
+from likely.recall.window import CLICKS, COUNT_COLUMNS, behaviour_column
 from likely.serve.ranker import Ranker, model_version
 from likely.serve.store import Event, FeatureStore
 from likely.train.predict import load_run
@@ -159,9 +160,7 @@ def load_profiles(store: FeatureStore, models: Models) -> None:
     recaller = models.recaller
     store.load_profiles(
         recaller.users,
-        recaller.items.drop(
-            [c for c in recaller.items.columns if c.startswith("recall_")]
-        ),
+        recaller.items.drop(COUNT_COLUMNS),
         user_column=recaller.user_column,
         item_column=recaller.item_column,
         behaviour_column=models.behaviour,
@@ -378,7 +377,7 @@ class Service:
         _check_context(models, request.context)
         user_id = _typed_id(models, models.recaller.user_column, request.user_id)
         timings: dict[str, float] = {}
-        clock = _Stopwatch(timings, self.metrics)
+        clock = functools.partial(_timed, timings, self.metrics)
         with clock("store"):
             profile = self.store.user(user_id)
             history = self.store.history(user_id)
@@ -400,12 +399,11 @@ class Service:
                 ranked = models.ranker.rank(user, request.context, rows, request.k)
         finally:
             self._compute.release()
-        position = {int(row): i for i, row in enumerate(rows)}
-        order = np.array([position[int(r)] for r in ranked.rows], dtype=np.int64)
+        order = ranked.order
         items_table = models.recaller.items
         ids = items_table[models.item_column].gather(ranked.rows).to_list()
         features = (
-            items_table[ranked.rows].drop(_counts(items_table)).to_dicts()
+            items_table[ranked.rows].drop(COUNT_COLUMNS).to_dicts()
             if request.include_features
             else [None] * len(ids)
         )
@@ -489,9 +487,7 @@ class Service:
         row = models.item_rows.get(str(item_id))
         if row is not None:
             item = models.recaller.items.row(row, named=True)
-            features.update(
-                {k: v for k, v in item.items() if not k.startswith("recall_")}
-            )
+            features.update({k: v for k, v in item.items() if k not in COUNT_COLUMNS})
         else:
             features[models.item_column] = item_id
         features.update(models.ranker.config.serve.context_defaults)
@@ -512,17 +508,13 @@ class Service:
         }
 
 
-def _counts(items) -> list[str]:
-    return [c for c in items.columns if c.startswith("recall_")]
-
-
 def _fill_with_popular(models: Models, rows, scores, stages, wanted: int):
     """Top up a short candidate list (a small index) with popular items."""
     if len(rows) >= wanted:
         return rows, scores, stages
     popular = models.recaller.popular(wanted + len(rows))
     extra = popular[~np.isin(popular, rows)][: wanted - len(rows)]
-    clicks = models.recaller.items["recall_clicks"].to_numpy()[extra]
+    clicks = models.recaller.items[CLICKS].to_numpy()[extra]
     return (
         np.concatenate([rows, extra]),
         np.concatenate([scores, clicks.astype(np.float32)]),
@@ -571,27 +563,16 @@ def _check_context(
             raise _field_error([*loc, name], str(error)) from None
 
 
-class _Stopwatch:
-    """`with clock("stage"):` records the stage's milliseconds and histogram."""
-
-    def __init__(self, timings: dict[str, float], metrics: Metrics):
-        self.timings, self.metrics = timings, metrics
-
-    def __call__(self, stage: str):
-        return _Timed(self, stage)
-
-
-class _Timed:
-    def __init__(self, clock: _Stopwatch, stage: str):
-        self.clock, self.stage = clock, stage
-
-    def __enter__(self) -> None:
-        self.started = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        seconds = time.perf_counter() - self.started
-        self.clock.timings[self.stage] = seconds * 1000
-        self.clock.metrics.stage_seconds.labels(self.stage).observe(seconds)
+@contextmanager
+def _timed(timings: dict[str, float], metrics: Metrics, stage: str) -> Iterator[None]:
+    """Record a stage's milliseconds in `timings` and its latency histogram."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = time.perf_counter() - started
+        timings[stage] = seconds * 1000
+        metrics.stage_seconds.labels(stage).observe(seconds)
 
 
 # ---------------------------------------------------------------- the app

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,15 @@ import numpy as np
 import polars as pl
 import torch
 
-from likely.config import FeatureSpec, Side
+from likely.config import Side
 from likely.data.batches import Batch
-from likely.recall.window import QueryEncoder, QueryRow, RowEncoder
+from likely.recall.window import (
+    QueryEncoder,
+    QueryRow,
+    RowEncoder,
+    on_side,
+    side_columns,
+)
 from likely.train.predict import LoadedRun, load_run
 from likely.train.trainer import pick_precision
 
@@ -43,11 +49,6 @@ def model_version(run_dir: Path) -> str:
     return f"{Path(run_dir).name}@{digest}"
 
 
-def _on_side(features: Sequence[FeatureSpec], side: Side) -> np.ndarray:
-    """`(n,)` bool: which of these features are of `side`."""
-    return np.array([f.side == side for f in features], dtype=bool)
-
-
 @dataclass(frozen=True)
 class RankedItems:
     """Candidates in score order.
@@ -55,10 +56,13 @@ class RankedItems:
     Attributes:
         rows: `(K,)` catalogue rows of the candidates, best first.
         logits: `(K,)` the model's logits, in the same order.
+        order: `(K,)` where each stood in the candidates given, so that
+            `candidates[order] == rows`.
     """
 
     rows: np.ndarray
     logits: np.ndarray
+    order: np.ndarray
 
     @property
     def probs(self) -> np.ndarray:
@@ -84,13 +88,11 @@ class Ranker:
         self.rows = RowEncoder.for_config(
             self.config, run.encoders, template, manifest.get("target_date")
         )
-        self.context_columns = [
-            f.source for f in self.config.features if f.side == Side.CONTEXT
-        ]
+        self.context_columns = side_columns(self.config, Side.CONTEXT)
         config = self.config
-        self.item_sparse = _on_side(config.sparse_features, Side.ITEM)
-        self.item_dense = _on_side(config.dense_features, Side.ITEM)
-        self.item_sequence = _on_side(config.sequence_features, Side.ITEM)
+        self.item_sparse = on_side(config.sparse_features, Side.ITEM)
+        self.item_dense = on_side(config.dense_features, Side.ITEM)
+        self.item_sequence = on_side(config.sequence_features, Side.ITEM)
         self.query = QueryEncoder(config, self.rows)
         precision = pick_precision(config.serve.precision, torch.device("cpu"))
         self.bf16 = precision == "bf16"
@@ -192,7 +194,7 @@ class Ranker:
             top = top[np.argsort(-logits[top], kind="stable")]
         else:
             top = np.argsort(-logits, kind="stable")
-        return RankedItems(candidates[top], logits[top])
+        return RankedItems(candidates[top], logits[top], top)
 
     def check(self, user: Mapping[str, Any]) -> None:
         """Score a probe request; raise unless every logit is finite.
