@@ -444,6 +444,10 @@ class Service:
         models = self.models
         now = time.time()
         events = []
+        # Each user's profile and history, read once a batch: the batch's own
+        # clicks reach the history only when it is stored, so every
+        # impression in it sees the same state.
+        users: dict[Any, tuple[dict[str, Any], list]] = {}
         for i, event in enumerate(request.events):
             loc = ["body", "events", i]
             _check_context(models, event.context, [*loc, "context"])
@@ -457,7 +461,14 @@ class Service:
                 )
             features = {}
             if event.type == "impression":
-                features = self._impression_features(models, event, user_id, item_id)
+                if user_id not in users:
+                    users[user_id] = (
+                        self.store.user(user_id) or {},
+                        self.store.history(user_id),
+                    )
+                features = _impression_features(
+                    models, event, user_id, item_id, *users[user_id]
+                )
             position = event.context.get("position")
             events.append(
                 Event(
@@ -475,26 +486,6 @@ class Service:
             self.metrics.events.labels(event.kind).inc()
         return stored
 
-    def _impression_features(
-        self, models: Models, event: EventIn, user_id: Any, item_id: Any
-    ) -> dict[str, Any]:
-        """The raw feature row the model saw for an impression: user profile,
-        recent clicks, the item's columns, and the context; what the
-        exported logs will train on."""
-        features: dict[str, Any] = dict(self.store.user(user_id) or {})
-        if models.behaviour is not None:
-            features[models.behaviour] = self.store.history(user_id)
-        row = models.item_rows.get(str(item_id))
-        if row is not None:
-            item = models.recaller.items.row(row, named=True)
-            features.update({k: v for k, v in item.items() if k not in COUNT_COLUMNS})
-        else:
-            features[models.item_column] = item_id
-        features.update(models.ranker.config.serve.context_defaults)
-        features.update(event.context)
-        features[models.recaller.user_column] = user_id
-        return features
-
     def health(self) -> dict[str, Any]:
         models = self.models
         return {
@@ -506,6 +497,32 @@ class Service:
             "events": self.store.count_events(),
             "uptime_seconds": round(time.time() - self.started, 1),
         }
+
+
+def _impression_features(
+    models: Models,
+    event: EventIn,
+    user_id: Any,
+    item_id: Any,
+    profile: dict[str, Any],
+    history: list,
+) -> dict[str, Any]:
+    """The raw feature row the model saw for an impression: user profile,
+    recent clicks, the item's columns, and the context; what the exported
+    logs will train on."""
+    features: dict[str, Any] = dict(profile)
+    if models.behaviour is not None:
+        features[models.behaviour] = list(history)
+    row = models.item_rows.get(str(item_id))
+    if row is not None:
+        item = models.recaller.items.row(row, named=True)
+        features.update({k: v for k, v in item.items() if k not in COUNT_COLUMNS})
+    else:
+        features[models.item_column] = item_id
+    features.update(models.ranker.config.serve.context_defaults)
+    features.update(event.context)
+    features[models.recaller.user_column] = user_id
+    return features
 
 
 def _fill_with_popular(models: Models, rows, scores, stages, wanted: int):
