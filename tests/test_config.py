@@ -287,3 +287,13 @@ def test_train_defaults():
         4096,
         "sparse_adam",
     )
+
+
+def test_serve_section_names_bad_values():
+    good = parse_config(minimal(serve={"context_defaults": {"age": 30}}))
+    assert good.serve.context_defaults == {"age": 30}
+    assert good.serve.precision == "fp32"
+    with pytest.raises(ConfigError, match=r"'user_id', which is not the column of"):
+        parse_config(minimal(serve={"context_defaults": {"user_id": 1}}))
+    with pytest.raises(ConfigError, match=r"serve\.precision"):
+        parse_config(minimal(serve={"precision": "fp8"}))
