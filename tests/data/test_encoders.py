@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from likely.config import parse_config
 from likely.data.encoders import (
+    FEW_ROWS,
     FIRST_ID,
     MISSING,
     OOV,
@@ -289,3 +290,42 @@ def _apply_join(vocab, series):
     from likely.data.encoders import _apply
 
     return _apply(vocab, series).tolist()
+
+
+def test_a_few_rows_encode_as_they_do_inside_a_large_frame():
+    # Up to FEW_ROWS rows (one request's) take numpy paths for dense values
+    # and skip polars work on absent or all-null columns; the ids and values
+    # must be those the polars paths give the same rows in a large frame.
+    rng = np.random.default_rng(3)
+    n = 4 * FEW_ROWS
+    price = rng.lognormal(3, 2, n)
+    price[::7] = np.nan
+    price[5] = np.inf
+    big = pl.DataFrame(
+        {
+            "user": rng.choice(["u1", "u2", "u3", None], n).tolist(),
+            "item": rng.integers(0, 50, n),
+            "shop": rng.choice(["a", "b", "c", None], n).tolist(),
+            "price": pl.Series(price).fill_nan(None),
+            "count": rng.integers(-1, 1000, n).astype(float),
+            "rate": np.where(np.arange(n) % 5 == 0, np.inf, rng.normal(0, 1, n)),
+            "label": rng.integers(0, 2, n),
+        }
+    )
+    features = [
+        {"name": "item", "kind": "sparse"},
+        {"name": "shop", "kind": "sparse", "vocabulary": {"hash_buckets": 31}},
+        {"name": "price", "kind": "dense", "transform": "standardize"},
+        {"name": "count", "kind": "dense", "transform": "log1p"},
+        {"name": "rate", "kind": "dense", "transform": "none"},
+    ]
+    encoders = FeatureEncoders(config(features)).fit(big)
+    whole = encoders.transform(big)
+    for start, rows in [(0, 1), (7, 3), (64, FEW_ROWS)]:
+        few = encoders.transform(big.slice(start, rows))
+        stop = start + rows
+        assert np.array_equal(few.sparse, whole.sparse[start:stop])
+        assert np.allclose(few.dense, whole.dense[start:stop], rtol=1e-6, atol=0)
+        assert np.array_equal(few.cross, whole.cross[start:stop])
+    absent = big.slice(0, 2).with_columns(pl.lit(None, pl.String).alias("shop"))
+    assert encoders.transform(absent).sparse[:, 1].tolist() == [MISSING, MISSING]

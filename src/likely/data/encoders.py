@@ -39,6 +39,9 @@ from likely.config import (
 logger = logging.getLogger(__name__)
 
 PAD, OOV, MISSING, FIRST_ID = 0, 1, 2, 3
+# Frames up to this many rows (a request's) take numpy paths where polars'
+# fixed cost per plan would dominate; larger ones are encoded by polars.
+FEW_ROWS = 64
 ENCODERS_VERSION = 1
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -67,9 +70,17 @@ def stable_hash(values: pl.Series) -> np.ndarray:
     >>> int(stable_hash(pl.Series(["a"]))[0]) == int(stable_hash(pl.Series(["a"]))[0])
     True
     """
+    # Each polars operation on a Series costs tens of microseconds whatever its
+    # length; the casts and fills below run only where needed, so that one
+    # request's row (serving) hashes in microseconds, not milliseconds.
+    nulls = values.null_count()
     if values.dtype.is_integer():
-        return _mix64(values.fill_null(0).to_numpy().astype(np.int64).view(np.uint64))
-    text = values.cast(pl.String).fill_null("")
+        if nulls:
+            values = values.fill_null(0)
+        return _mix64(values.to_numpy().astype(np.int64).view(np.uint64))
+    text = values if values.dtype == pl.String else values.cast(pl.String)
+    if nulls:
+        text = text.fill_null("")
     array = text.to_arrow()
     if hasattr(array, "combine_chunks"):
         array = array.combine_chunks()
@@ -311,10 +322,13 @@ class HashBuckets:
         return self
 
     def transform(self, values: pl.Series) -> np.ndarray:
+        if values.null_count() == len(values):  # e.g. the item half of a query row
+            return np.full(len(values), MISSING, dtype=np.int32)
         ids = FIRST_ID + (stable_hash(values) % np.uint64(self.buckets)).astype(
             np.int64
         )
-        ids[values.is_null().to_numpy()] = MISSING
+        if values.null_count():
+            ids[values.is_null().to_numpy()] = MISSING
         return ids.astype(np.int32)
 
     def to_json(self) -> dict[str, Any]:
@@ -381,6 +395,17 @@ class DenseScaler:
 
     def transform(self, values: pl.Series) -> np.ndarray:
         return _apply(self, values)
+
+    def scale(self, values: pl.Series) -> np.ndarray:
+        """`expr`'s values computed in numpy: for a few rows (one request's),
+        where building and running a polars plan costs more than the math."""
+        x = values.cast(pl.Float64).to_numpy()  # a null becomes NaN
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            if self.transform_name == DenseTransform.LOG1P:
+                x = np.sign(x) * np.log1p(np.abs(x))
+            if self.transform_name == DenseTransform.STANDARDIZE:
+                x = (x - self.mean) / self.std
+        return np.where(np.isfinite(x), x, 0.0).astype(np.float32)
 
     def expr(self, column: pl.Expr, dtype: pl.DataType) -> pl.Expr:
         x = self._scaled(column)
@@ -634,14 +659,19 @@ class FeatureEncoders:
         n = frame.height
         schema = frame.schema
         sparse = self._sparse(frame)
-        dense = self._select(
-            frame,
-            [
-                self.scalers[f.name].expr(pl.col(f.source), schema[f.source])
-                for f in config.dense_features
-            ],
-            np.float32,
-        )
+        if n <= FEW_ROWS:
+            dense = np.zeros((n, len(config.dense_features)), dtype=np.float32)
+            for j, f in enumerate(config.dense_features):
+                dense[:, j] = self.scalers[f.name].scale(frame[f.source])
+        else:
+            dense = self._select(
+                frame,
+                [
+                    self.scalers[f.name].expr(pl.col(f.source), schema[f.source])
+                    for f in config.dense_features
+                ],
+                np.float32,
+            )
         sequence = self.sequence_ids(frame)
         cross = self.cross_ids(sparse)
         label = frame[data.label].cast(pl.Float32).to_numpy()
@@ -686,6 +716,8 @@ class FeatureEncoders:
         rest = [j for j, column in enumerate(columns) if column is None]
         if not columns:
             return np.zeros((frame.height, 0), dtype=np.int32)
+        if not rest:
+            return np.stack(columns, axis=1)
         schema = frame.schema
         exprs = [
             pl.lit(pl.Series(columns[j])).alias(f"c{j}")
@@ -695,8 +727,6 @@ class FeatureEncoders:
             .alias(f"c{j}")
             for j in range(len(features))
         ]
-        if not rest:
-            return np.stack(columns, axis=1)
         # One select and one row-major copy: a column-by-column stack into
         # (N, F) costs more than the lookups themselves.
         selected = frame.lazy().select(exprs).collect()
