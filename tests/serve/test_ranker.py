@@ -133,3 +133,23 @@ def test_bf16_scores_are_close_to_fp32(catalogue, ranker):
     np.testing.assert_allclose(fast, exact, atol=0.1)
     top = set(np.argsort(-exact)[:100]) & set(np.argsort(-fast)[:100])
     assert len(top) >= 90
+
+
+def test_memoised_behaviour_ids_are_those_of_encoding_the_list(catalogue, ranker):
+    items, _, _ = catalogue
+    query = ranker.query
+    column = query.sequence_columns[0]
+    length = query._lengths[0]
+    known = items["item_id"].head(length + 5).to_list()
+    lists = [
+        known[:3],
+        known,  # longer than max_length: the last ones are kept
+        [known[0], None, known[0], 10**12],  # a repeat, a null, an unseen item
+        [],
+        known[2:6][::-1],  # all memoised by now, in another order
+    ]
+    for values in lists:
+        memoised = query._sequences({column: values})
+        general = query.encoders.sequence_ids(query.typed_row({column: values}))
+        np.testing.assert_array_equal(memoised, general, err_msg=str(values))
+    assert (column, known[0]) in query._item_ids

@@ -322,7 +322,11 @@ class QueryEncoder:
             for side in (Side.USER, Side.CONTEXT)
         }
         self.sequence_columns = [f.source for f in sequences]
+        self._lengths = [f.max_length or 1 for f in sequences]
         self._parts: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        # The id of each behaviour item by (sequence column, item): a request
+        # looks up its ~20 recent clicks instead of encoding them afresh.
+        self._item_ids: dict[tuple[str, Any], int] = {}
 
     def encode(self, user: Mapping[str, Any], context: Mapping[str, Any]) -> QueryRow:
         """The encoded row of raw user values (behaviour lists included) and
@@ -332,10 +336,44 @@ class QueryEncoder:
         sparse = np.where(self.sides[Side.USER][0], user_sparse, context_sparse)
         dense = np.where(self.sides[Side.USER][1], user_dense, context_dense)
         lists = {**context, **user}
-        sequences = self.typed_row(
-            {c: lists.get(c) or [] for c in self.sequence_columns}
-        )
-        return QueryRow(sparse, dense, self.encoders.sequence_ids(sequences))
+        return QueryRow(sparse, dense, self._sequences(lists))
+
+    def _sequences(self, lists: Mapping[str, Any]) -> np.ndarray:
+        """`(1, S, L)` ids of the behaviour lists, as `sequence_ids` gives them:
+        the last L items of each, left-aligned, padded with 0."""
+        if not any(isinstance(lists.get(c), list) for c in self.sequence_columns):
+            # No list at all, or lists as delimited text: the general path.
+            row = self.typed_row({c: lists.get(c) or [] for c in self.sequence_columns})
+            return self.encoders.sequence_ids(row)
+        out = np.zeros((1, len(self._lengths), max(self._lengths)), dtype=np.int32)
+        for s, (column, length) in enumerate(
+            zip(self.sequence_columns, self._lengths, strict=True)
+        ):
+            items = lists.get(column) or []
+            if not isinstance(items, list):
+                out[0, s] = self._encoded_list(column, items, out.shape[2])
+                continue
+            # A null item is none, as in `sequence_ids`.
+            items = [item for item in items if item is not None][-length:]
+            keys = [(column, _hashable(item)) for item in items]
+            unknown = list(dict.fromkeys(k[1] for k in keys if k not in self._item_ids))
+            if unknown:
+                if len(self._item_ids) + len(unknown) > CACHE_SIZE:
+                    self._item_ids.clear()
+                # Unseen items go through the general path, a list of at most
+                # `length` of them, so each gets exactly the id it would there.
+                ids = self._encoded_list(column, unknown, out.shape[2])
+                for item, id_ in zip(unknown, ids.tolist(), strict=False):
+                    self._item_ids[(column, item)] = id_
+            out[0, s, : len(keys)] = [self._item_ids[k] for k in keys]
+        return out
+
+    def _encoded_list(self, column: str, items: Any, width: int) -> np.ndarray:
+        """`(width,)` ids of one behaviour value through `sequence_ids`."""
+        values = {c: [] for c in self.sequence_columns}
+        values[column] = items
+        ids = self.encoders.sequence_ids(self.typed_row(values))
+        return ids[0, self.sequence_columns.index(column)]
 
     def _part(
         self, side: Side, values: Mapping[str, Any]
