@@ -269,3 +269,28 @@ def test_newest_run_skips_recall_runs(served_world, tmp_path):
     shutil.copytree(served_world["recall"], runs / "recall")
     first = perturbed_copy(served_world["ranking"], runs / "first")
     assert newest_run(runs) == first
+
+
+def test_a_store_locked_by_another_process_answers_503(client, service, models):
+    # Another writer holds the database past the busy timeout: the event is
+    # refused with 503 and Retry-After, not a 500, and nothing is stored.
+    import sqlite3
+
+    user = a_user(models)
+    item = models.recaller.items["item_id"][0]
+    body = {"events": [{"type": "click", "user_id": user, "item_id": item}]}
+    other = sqlite3.connect(service.store.path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    service.store._db.execute("PRAGMA busy_timeout=50")
+    try:
+        response = client.post("/events", json=body, headers=AUTH)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        service.store._db.execute("PRAGMA busy_timeout=30000")
+    assert response.status_code == 503, response.text
+    assert "locked" in response.json()["detail"]
+    assert response.headers["retry-after"] == "1"
+    assert service.store.count_events() == 0
+    again = client.post("/events", json=body, headers=AUTH)
+    assert again.status_code == 200 and service.store.count_events() == 1
