@@ -36,6 +36,7 @@ Prints a table and writes JSON (default benchmarks/results/serve_load.json):
 from __future__ import annotations
 
 import argparse
+import gc
 import http.client
 import json
 import os
@@ -313,6 +314,7 @@ class Answer:
     path: str
     status: int  # 0: no answer (an exception)
     latency_ms: float  # from the scheduled send time to the last byte read
+    lag_ms: float = 0.0  # how late the client began sending it (its own delay)
     timings_ms: dict | None = None
     items: int = 0
     source: str | None = None  # the recall step of the feed's first item
@@ -381,6 +383,7 @@ class Client:
 
     def send(self, call: Call, due: float) -> Answer:
         """POST `call` now; latency counts from `due` (perf_counter)."""
+        lag = (time.perf_counter() - due) * 1000
         try:
             connection = self._connection()
             connection.request("POST", call.path, call.body, self.headers)
@@ -390,8 +393,8 @@ class Client:
         except (OSError, http.client.HTTPException) as error:
             self.local.connection = None
             latency = (time.perf_counter() - due) * 1000
-            return Answer(call.path, 0, latency, error=repr(error))
-        answer = Answer(call.path, response.status, latency)
+            return Answer(call.path, 0, latency, lag, error=repr(error))
+        answer = Answer(call.path, response.status, latency, lag)
         if response.status != 200:
             answer.error = payload[:300].decode(errors="replace")
         elif call.path == "/recommend":
@@ -460,6 +463,9 @@ def summarise(answers: list[Answer], seconds: float, rate: float) -> dict:
         "events_ms": percentiles([a.latency_ms for a in events]),
         "server_stages_ms": stages,
         "outside_stages_ms": percentiles(outside),
+        # Time the load generator itself was late; a large figure means the
+        # client, not the service, delayed requests.
+        "client_lag_ms": percentiles([a.lag_ms for a in answers]),
     }
 
 
@@ -496,6 +502,12 @@ def bench_backend(
             if redis_process is not None:
                 processes["redis"] = redis_process.pid
             cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+            # The client's own objects (the world's tables, the plan, an
+            # earlier backend's answers) leave the garbage collector's view:
+            # a full collection in this process paused its sends by 100 ms
+            # and more, and the late requests then queued in the service.
+            gc.collect()
+            gc.freeze()
             answers, seconds = client.run(calls)
             cpu = {
                 name: cpu_seconds(pid) - cpu_before[name]
@@ -557,11 +569,11 @@ def table(results: list[dict]) -> str:
     header = (
         f"{'backend':<7} {'rate/s':>6} {'errors':>6} {'p50':>7} {'p90':>7} "
         f"{'p99':>7} {'max':>7}  {'store':>11} {'recall':>11} {'rank':>11} "
-        f"{'server':>11} {'events p99':>10} {'CPU/req':>7}"
+        f"{'server':>11} {'events p99':>10} {'CPU/req':>7} {'lag p99':>7}"
     )
     lines = [
         "end to end ms (client, from the scheduled send); server stages p50/p99 "
-        "ms; the service's CPU ms per request",
+        "ms; the service's CPU ms per request; how late the client sent (p99)",
         header,
         "-" * len(header),
     ]
@@ -578,7 +590,8 @@ def table(results: list[dict]) -> str:
             f"{e2e['max']:>7.1f}  {pair['store']:>11} {pair['recall']:>11} "
             f"{pair['rank']:>11} {pair['total']:>11} "
             f"{f'{events:.1f}' if events is not None else '-':>10} "
-            f"{r['cpu_ms_per_request']['service']:>7.1f}"
+            f"{r['cpu_ms_per_request']['service']:>7.1f} "
+            f"{r['client_lag_ms']['p99']:>7.1f}"
         )
     return "\n".join(lines)
 
