@@ -351,25 +351,27 @@ class QueryEncoder:
         ):
             items = lists.get(column) or []
             if not isinstance(items, list):
-                out[0, s] = self._encoded_list(column, items, out.shape[2])
+                out[0, s] = self._encoded_list(column, items)
                 continue
             # A null item is none, as in `sequence_ids`.
-            items = [item for item in items if item is not None][-length:]
-            keys = [(column, _hashable(item)) for item in items]
-            unknown = list(dict.fromkeys(k[1] for k in keys if k not in self._item_ids))
+            items = [_hashable(i) for i in items if i is not None][-length:]
+            # Read into a local dict first: another request's thread may clear
+            # the memo between this one's writes and reads.
+            ids = {item: self._item_ids.get((column, item)) for item in items}
+            unknown = [item for item, id_ in ids.items() if id_ is None]
             if unknown:
-                if len(self._item_ids) + len(unknown) > CACHE_SIZE:
-                    self._item_ids.clear()
                 # Unseen items go through the general path, a list of at most
                 # `length` of them, so each gets exactly the id it would there.
-                ids = self._encoded_list(column, unknown, out.shape[2])
-                for item, id_ in zip(unknown, ids.tolist(), strict=False):
-                    self._item_ids[(column, item)] = id_
-            out[0, s, : len(keys)] = [self._item_ids[k] for k in keys]
+                encoded = self._encoded_list(column, unknown).tolist()
+                if len(self._item_ids) + len(unknown) > CACHE_SIZE:
+                    self._item_ids.clear()
+                for item, id_ in zip(unknown, encoded, strict=False):
+                    ids[item] = self._item_ids[(column, item)] = id_
+            out[0, s, : len(items)] = [ids[item] for item in items]
         return out
 
-    def _encoded_list(self, column: str, items: Any, width: int) -> np.ndarray:
-        """`(width,)` ids of one behaviour value through `sequence_ids`."""
+    def _encoded_list(self, column: str, items: Any) -> np.ndarray:
+        """`(L,)` ids of one behaviour value through `sequence_ids`."""
         values = {c: [] for c in self.sequence_columns}
         values[column] = items
         ids = self.encoders.sequence_ids(self.typed_row(values))
