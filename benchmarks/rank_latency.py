@@ -172,12 +172,12 @@ def measure(ranker, users: list[dict], requests: int, candidates: int) -> dict:
             t0 = time.perf_counter()
             query = ranker.query_row(user, {})
             t1 = time.perf_counter()
-            batch = ranker.batch(query, rows)
+            batch = ranker.batch(query, rows).to(ranker.device)
             t2 = time.perf_counter()
-            logits = model.score(batch).float().numpy()
+            logits = model.score(batch).float().cpu().numpy()
             t3 = time.perf_counter()
-            with torch.autocast("cpu", torch.bfloat16):
-                low = model.score(batch).float().numpy()
+            with torch.autocast(ranker.device.type, torch.bfloat16):
+                low = model.score(batch).float().cpu().numpy()
             t4 = time.perf_counter()
         steps["query"].append((t1 - t0) * 1000)
         steps["batch"].append((t2 - t1) * 1000)

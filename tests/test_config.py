@@ -297,3 +297,6 @@ def test_serve_section_names_bad_values():
         parse_config(minimal(serve={"context_defaults": {"user_id": 1}}))
     with pytest.raises(ConfigError, match=r"serve\.precision"):
         parse_config(minimal(serve={"precision": "fp8"}))
+    assert good.serve.device == "auto"
+    with pytest.raises(ConfigError, match=r"serve\.device"):
+        parse_config(minimal(serve={"device": "tpu"}))

@@ -532,6 +532,11 @@ class ServeConfig(Frozen):
         "autocast was 1.6x faster on a CPU with bf16 instructions, logits "
         "within about 0.04; auto takes bf16 where it is fast",
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="where the ranking model scores candidates: auto is CUDA "
+        "when present; recall and the feature store stay on the CPU",
+    )
 
 
 class ExperimentConfig(Frozen):

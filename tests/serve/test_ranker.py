@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from likely.recall.artifact import Recaller
 from likely.recall.window import RowEncoder
@@ -153,3 +154,20 @@ def test_memoised_behaviour_ids_are_those_of_encoding_the_list(catalogue, ranker
         general = query.encoders.sequence_ids(query.typed_row({column: values}))
         np.testing.assert_array_equal(memoised, general, err_msg=str(values))
     assert (column, known[0]) in query._item_ids
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_a_cuda_ranker_without_cuda_is_refused_with_the_reason(served_world, catalogue):
+    items, _, template = catalogue
+    run = load_run(served_world["ranking"])
+    serve = run.config.serve.model_copy(update={"device": "cuda"})
+    run.config = run.config.model_copy(update={"serve": serve})
+    with pytest.raises(ValueError, match="'cuda' was asked for but no CUDA device"):
+        Ranker(run, items, template)
+
+
+def test_the_ranker_scores_on_its_device(ranker):
+    # `serve.device: auto` is the CPU here; on a GPU machine, CUDA.
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert ranker.device.type == expected
+    assert next(ranker.run.model.parameters()).device.type == expected

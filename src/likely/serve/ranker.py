@@ -36,7 +36,7 @@ from likely.recall.window import (
     side_columns,
 )
 from likely.train.predict import LoadedRun, load_run
-from likely.train.trainer import pick_precision
+from likely.train.trainer import pick_device, pick_precision
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +94,9 @@ class Ranker:
         self.item_dense = on_side(config.dense_features, Side.ITEM)
         self.item_sequence = on_side(config.sequence_features, Side.ITEM)
         self.query = QueryEncoder(config, self.rows)
-        precision = pick_precision(config.serve.precision, torch.device("cpu"))
-        self.bf16 = precision == "bf16"
+        self.device = pick_device(config.serve.device)
+        run.model.to(self.device)
+        self.bf16 = pick_precision(config.serve.precision, self.device) == "bf16"
         encoded = self.rows.encode(items)
         # Only the item-side columns are ever read from these arrays.
         self.items = (
@@ -175,8 +176,9 @@ class Ranker:
                 f"catalogue of {self.num_items} items"
             )
         batch = self.batch(self.query_row(user, context), candidates)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            return self.run.model.score(batch).float().numpy()
+        batch = batch.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.run.model.score(batch).float().cpu().numpy()
 
     def rank(
         self,
