@@ -329,3 +329,18 @@ def test_a_few_rows_encode_as_they_do_inside_a_large_frame():
         assert np.array_equal(few.cross, whole.cross[start:stop])
     absent = big.slice(0, 2).with_columns(pl.lit(None, pl.String).alias("shop"))
     assert encoders.transform(absent).sparse[:, 1].tolist() == [MISSING, MISSING]
+
+
+def test_a_null_inside_a_behaviour_list_is_no_item():
+    features = [{"name": "recent", "kind": "sequence", "max_length": 2}]
+    rows = pl.DataFrame(
+        {
+            "user": ["a", "b", "c"],
+            "recent": [[5, None, 6], [None], [7, 5]],
+            "label": [0, 1, 0],
+        }
+    )
+    encoders = FeatureEncoders(config(features)).fit(rows)
+    ids = encoders.transform(rows).sequence[:, 0]
+    five, six, seven = encoders.tables["recent"].transform(pl.Series([5, 6, 7]))
+    assert ids.tolist() == [[five, six], [PAD, PAD], [seven, five]]

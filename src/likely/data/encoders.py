@@ -534,12 +534,15 @@ def _flatten_sequence(values: pl.Series, separator: str, max_length: int):
             f"'{separator}' between items, got {values.dtype}"
         )
     values = values.cast(pl.List(values.dtype.inner)).fill_null([])
-    if values.explode(empty_as_null=False).null_count():
-        # A null inside a list is no item: dropped before the last L are kept.
-        values = values.list.drop_nulls()
     tail = values.list.tail(max_length)
+    flat = tail.explode(empty_as_null=False)
+    if flat.null_count():
+        # A null inside a list is no item: dropped before the last L are kept,
+        # so that the lengths count only items (a rare case, paid only here).
+        tail = values.list.drop_nulls().list.tail(max_length)
+        flat = tail.explode(empty_as_null=False)
     lengths = tail.list.len().to_numpy().astype(np.int64)
-    return lengths, tail.explode(empty_as_null=False).drop_nulls()
+    return lengths, flat
 
 
 class FeatureEncoders:
