@@ -8,6 +8,12 @@ DeepFM step (26 fields, batch 4096). `RowSparseAdam` does the same arithmetic
 on the touched rows directly: two `index_select`, elementwise work on the
 (U, D) rows, two `index_copy_` and one `index_add_`. State and hyperparameters
 are SparseAdam's, so checkpoints of either load into the other.
+
+What the CPU still pays here and a GPU would not: the gathers and scatters
+of three (U, D) tensors from tables that do not fit in cache are
+memory-bound, about 4 ms of an 80 ms bf16 DeepFM step at batch 4096 on 2
+cores (torch.profiler, 2026-12-04); on a GPU they are a few microseconds of
+bandwidth.
 """
 
 from __future__ import annotations
