@@ -287,7 +287,7 @@ def main() -> None:
     load_before = [round(x, 2) for x in os.getloadavg()]
     results = measure(ranker, users, args.requests, args.candidates)
     # The precision `serve.precision: auto` picks on this machine.
-    serving = pick_precision("auto", torch.device("cpu"))
+    serving = pick_precision("auto", ranker.device)
     p99 = results[f"end_to_end_same_users_again_{serving}"]["p99_ms"]
     report = {
         "machine": machine(args.threads),

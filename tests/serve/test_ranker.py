@@ -154,6 +154,10 @@ def test_memoised_behaviour_ids_are_those_of_encoding_the_list(catalogue, ranker
         general = query.encoders.sequence_ids(query.typed_row({column: values}))
         np.testing.assert_array_equal(memoised, general, err_msg=str(values))
     assert (column, known[0]) in query._item_ids
+    # A user without history (no value, or None) gets the padding it would.
+    empty = query.encoders.sequence_ids(query.typed_row({column: []}))
+    np.testing.assert_array_equal(query._sequences({}), empty)
+    np.testing.assert_array_equal(query._sequences({column: None}), empty)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")

@@ -322,12 +322,13 @@ class HashBuckets:
         return self
 
     def transform(self, values: pl.Series) -> np.ndarray:
-        if values.null_count() == len(values):  # e.g. the item half of a query row
+        nulls = values.null_count()
+        if nulls == len(values):  # e.g. the item half of a query row
             return np.full(len(values), MISSING, dtype=np.int32)
         ids = FIRST_ID + (stable_hash(values) % np.uint64(self.buckets)).astype(
             np.int64
         )
-        if values.null_count():
+        if nulls:
             ids[values.is_null().to_numpy()] = MISSING
         return ids.astype(np.int32)
 

@@ -341,16 +341,14 @@ class QueryEncoder:
     def _sequences(self, lists: Mapping[str, Any]) -> np.ndarray:
         """`(1, S, L)` ids of the behaviour lists, as `sequence_ids` gives them:
         the last L items of each, left-aligned, padded with 0."""
-        if not any(isinstance(lists.get(c), list) for c in self.sequence_columns):
-            # No list at all, or lists as delimited text: the general path.
-            row = self.typed_row({c: lists.get(c) or [] for c in self.sequence_columns})
-            return self.encoders.sequence_ids(row)
-        out = np.zeros((1, len(self._lengths), max(self._lengths)), dtype=np.int32)
+        # As `sequence_ids`: (1, 0, 1) where the config has no sequences.
+        longest = max(self._lengths, default=1)
+        out = np.zeros((1, len(self._lengths), longest), dtype=np.int32)
         for s, (column, length) in enumerate(
             zip(self.sequence_columns, self._lengths, strict=True)
         ):
             items = lists.get(column) or []
-            if not isinstance(items, list):
+            if not isinstance(items, list):  # delimited text: the general path
                 out[0, s] = self._encoded_list(column, items)
                 continue
             # A null item is none, as in `sequence_ids`.
