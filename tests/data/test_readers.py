@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from likely.config import LogFormat, parse_config
+from likely.data import readers
 from likely.data.readers import (
     CRITEO_COLUMNS,
     ColumnRoles,
@@ -496,6 +497,42 @@ def test_blank_lines_are_ignored_and_later_lines_keep_their_numbers(
     assert result.frame.rows() == layout.expected
     assert result.dropped == Counter({bad.reason: 1})
     assert result.rows_read == 4
+
+
+@pytest.mark.parametrize("layout", TEXT_LAYOUTS, ids=lambda layout: layout.name)
+def test_a_long_and_a_short_line_that_balance_the_separators_are_both_found(
+    layout: Layout, tmp_path: Path
+) -> None:
+    # One field too many and one too few: the piece has as many separators as
+    # well-formed lines would, so only polars' refusal of the long line can
+    # send the read down the path that counts every line.
+    first, second, third = layout.good
+    long, short = layout.bad["too_many"], layout.bad["too_few"]
+    file = layout.write(
+        tmp_path / "logs", [first, long.text, second, short.text, third]
+    )
+
+    with pytest.raises(LogFormatError) as caught:
+        layout.read(file)
+    assert caught.value.line == layout.header_lines + 2
+    assert str(caught.value).endswith(long.message)
+
+    result = layout.read(file, on_error="skip")
+    assert result.frame.rows() == layout.expected
+    assert result.dropped == Counter({long.reason: 2})
+
+
+@pytest.mark.parametrize("layout", TEXT_LAYOUTS, ids=lambda layout: layout.name)
+def test_well_formed_text_is_parsed_without_counting_each_lines_fields(
+    layout: Layout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def counted(*args: Any) -> None:
+        raise AssertionError("a well-formed piece was checked line by line")
+
+    monkeypatch.setattr(readers, "_field_counts", counted)
+    file = layout.write(tmp_path / "logs", list(layout.good))
+
+    assert layout.read(file).frame.rows() == layout.expected
 
 
 # --- Errors found through the grid, pinned down on their own ---------------------
