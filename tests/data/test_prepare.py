@@ -124,18 +124,19 @@ def test_cache_is_reused_and_invalidated(tmp_path, logs):
     assert prepare(config, target).folder != first.folder
 
 
-def test_interrupted_prepare_leaves_no_finished_folder(tmp_path, logs, monkeypatch):
+@pytest.mark.parametrize("where", ["save", "transform"])
+def test_interrupted_prepare_leaves_nothing_behind(tmp_path, logs, monkeypatch, where):
     config = make_config(tmp_path)
     from likely.data import prepare as module
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(module.FeatureEncoders, "save", crash)
+    # At the very end, and halfway through writing the arrays.
+    monkeypatch.setattr(module.FeatureEncoders, where, crash)
     with pytest.raises(KeyboardInterrupt):
         prepare(config, START + dt.timedelta(days=7))
-    finished = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
-    assert finished == []
+    assert list((tmp_path / "cache").iterdir()) == []
     monkeypatch.undo()
     prepared = prepare(config, START + dt.timedelta(days=7))
     assert not prepared.reused

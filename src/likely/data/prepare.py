@@ -24,8 +24,8 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from likely import __version__
-from likely.config import ExperimentConfig, LogFormat
+from likely.config import DataConfig, ExperimentConfig, LogFormat
 from likely.data.encoders import EncodedColumns, FeatureEncoders, stable_hash
 from likely.data.readers import (
     ColumnRoles,
@@ -316,6 +316,12 @@ class _SplitWriter:
         self.clicks += int(encoded.label.sum())
         self.days.update(int(d) for d in np.unique(encoded.day) if d >= 0)
 
+    def abandon(self) -> None:
+        """Close the files of a prepare that failed; they are deleted next."""
+        for handle in self.files.values():
+            handle.close()
+        self.files = {}
+
     def close(self) -> dict[str, Any]:
         """Close the files; the split's summary for the manifest."""
         for handle in self.files.values():
@@ -352,95 +358,152 @@ def _build(
     Peak memory is one piece plus its encoded rows, not the window.
     """
     started = time.perf_counter()
-    data = config.data
-    roles = ColumnRoles.from_config(config)
-    sources = _sources(config, window, files)
     if extend is not None:
         encoders = FeatureEncoders.from_json(extend.to_json(), config)
     else:
         encoders = FeatureEncoders(config)
     before = encoders.vocab_sizes() if extend is not None else None
-    rows = dict.fromkeys(SPLITS, 0)
-    dropped: Counter[str] = Counter()
-    rows_read = 0
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "_pieces").mkdir(parents=True)
-    pieces: list[tuple[_Source, Path | None, int]] = []
-    kept = 0  # rows read and kept so far: the position of the next piece's first
-    for done, source in enumerate(sources, start=1):
-        for result in read_chunks(source.file, data, roles, root=source.root):
-            index = len(pieces)
-            rows_read += result.rows_read
-            dropped.update(result.dropped)
-            parts = _chunk_splits(config, window, source, kept, result.frame)
-            kept += result.frame.height
-            for name, part in parts.items():
-                rows[name] += part.height
-                if name == "train":
-                    encoders.observe(part, vocabularies_only=extend is not None)
-            spill = None
-            if data.format != LogFormat.PARQUET:
-                spill = tmp / "_pieces" / f"{index}.parquet"
-                result.frame.write_parquet(spill, compression="lz4", statistics=False)
-            pieces.append((source, spill, kept - result.frame.height))
-        progress("reading and fitting", done, len(sources))
-    logger.info(
-        "read %d rows from %d file(s); dropped %d",
-        rows_read,
-        len(sources),
-        sum(dropped.values()),
-    )
-    for reason, count in sorted(dropped.items()):
-        logger.warning("dropped %d row(s): %s", count, reason)
-    if rows["train"] == 0:
+    writers: dict[str, _SplitWriter] = {}
+    try:
+        read = _first_pass(
+            config, window, files, encoders, extend is not None, tmp, progress
+        )
+        encoders.settle()
+        writers = {
+            name: _SplitWriter(tmp / name, n) for name, n in read.rows.items() if n
+        }
+        _second_pass(config, window, read, encoders, writers, progress)
+        (tmp / "_pieces").rmdir()
+        summary = {name: writer.close() for name, writer in writers.items()}
+        for name, split in summary.items():
+            logger.info("%s: %d rows, CTR %.4f", name, split["rows"], split["ctr"])
+        encoders.save(tmp / ENCODERS)
+        manifest = {
+            "likely_version": __version__,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "config": config.model_dump(mode="json"),
+            "config_fingerprint": config.fingerprint(),
+            "files": _file_stamps(files),
+            "target_date": str(window.target_day) if window else None,
+            "train_days": [str(d) for d in window.train_days] if window else [],
+            "later_days": [str(d) for d in window.later_days] if window else [],
+            "splits": summary,
+            "vocab_sizes": encoders.vocab_sizes(),
+            "extended_from_sizes": before,
+            "cross_sizes": encoders.cross_sizes(),
+            "rows_read": read.rows_read,
+            "rows_dropped": sum(read.dropped.values()),
+            "dropped": dict(read.dropped),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    except BaseException:
+        for writer in writers.values():
+            writer.abandon()
         shutil.rmtree(tmp, ignore_errors=True)
-        raise PrepareError("the training split is empty after reading the logs")
-    encoders.settle()
-
-    writers = {name: _SplitWriter(tmp / name, n) for name, n in rows.items() if n}
-    for index, (source, spill, first_row) in enumerate(pieces):
-        if spill is not None:
-            frame = pl.read_parquet(spill)
-            spill.unlink()
-        else:
-            frame = read_file(source.file, data, roles, root=source.root).frame
-        parts = _chunk_splits(config, window, source, first_row, frame)
-        for name, part in parts.items():
-            writers[name].write(encoders.transform(part))
-        progress("encoding", index + 1, len(pieces))
-    (tmp / "_pieces").rmdir()
-    summary = {name: writer.close() for name, writer in writers.items()}
-    for name, split in summary.items():
-        logger.info("%s: %d rows, CTR %.4f", name, split["rows"], split["ctr"])
-    encoders.save(tmp / ENCODERS)
-    manifest = {
-        "likely_version": __version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "config": config.model_dump(mode="json"),
-        "config_fingerprint": config.fingerprint(),
-        "files": _file_stamps(files),
-        "target_date": str(window.target_day) if window else None,
-        "train_days": [str(d) for d in window.train_days] if window else [],
-        "later_days": [str(d) for d in window.later_days] if window else [],
-        "splits": summary,
-        "vocab_sizes": encoders.vocab_sizes(),
-        "extended_from_sizes": before,
-        "cross_sizes": encoders.cross_sizes(),
-        "rows_read": rows_read,
-        "rows_dropped": sum(dropped.values()),
-        "dropped": dict(dropped),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        raise
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
     logger.info("prepared data written to %s", folder)
     return Prepared(folder, manifest)
+
+
+@dataclass
+class _FirstPass:
+    """What the first pass learnt: rows per split, and where each piece lies."""
+
+    rows: dict[str, int]
+    pieces: list[tuple[_Source, Path | None, int]]  # source, spill, first row
+    rows_read: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+def _first_pass(
+    config: ExperimentConfig,
+    window: DayWindow | None,
+    files: list[Path],
+    encoders: FeatureEncoders,
+    vocabularies_only: bool,
+    tmp: Path,
+    progress: Progress,
+) -> _FirstPass:
+    """Read and validate every piece, count the training rows into `encoders`
+    (not settled; only vocabularies when extending fitted ones), and spill
+    text pieces as Parquet for the second pass."""
+    data = config.data
+    sources = _sources(config, window, files)
+    read = _FirstPass(dict.fromkeys(SPLITS, 0), [])
+    kept = 0  # rows read and kept so far: the position of the next piece's first
+    roles = ColumnRoles.from_config(config)
+    for done, source in enumerate(sources, start=1):
+        for result in read_chunks(source.file, data, roles, root=source.root):
+            read.rows_read += result.rows_read
+            read.dropped.update(result.dropped)
+            frame = result.frame
+            spill = None
+            if data.format != LogFormat.PARQUET:
+                spill = tmp / "_pieces" / f"{len(read.pieces)}.parquet"
+                frame.write_parquet(spill, compression="lz4", statistics=False)
+            parts = _chunk_splits(config, window, source, kept, frame)
+            for name, part in parts.items():
+                read.rows[name] += part.height
+                if name == "train":
+                    encoders.observe(part, vocabularies_only=vocabularies_only)
+            read.pieces.append((source, spill, kept))
+            kept += frame.height
+        progress("reading and fitting", done, len(sources))
+    logger.info(
+        "read %d rows from %d file(s); dropped %d",
+        read.rows_read,
+        len(sources),
+        sum(read.dropped.values()),
+    )
+    for reason, count in sorted(read.dropped.items()):
+        logger.warning("dropped %d row(s): %s", count, reason)
+    if read.rows["train"] == 0:
+        raise PrepareError("the training split is empty after reading the logs")
+    return read
+
+
+def _second_pass(
+    config: ExperimentConfig,
+    window: DayWindow | None,
+    read: _FirstPass,
+    encoders: FeatureEncoders,
+    writers: dict[str, _SplitWriter],
+    progress: Progress,
+) -> None:
+    """Encode every piece again, in order, into the split writers."""
+    roles = ColumnRoles.from_config(config)
+    stream = _reread_pieces(read.pieces, config.data, roles)
+    for index, (source, first_row, frame) in enumerate(stream):
+        parts = _chunk_splits(config, window, source, first_row, frame)
+        for name, part in parts.items():
+            writers[name].write(encoders.transform(part))
+        progress("encoding", index + 1, len(read.pieces))
+
+
+def _reread_pieces(
+    pieces: list[tuple[_Source, Path | None, int]],
+    data: DataConfig,
+    roles: ColumnRoles,
+) -> Iterator[tuple[_Source, int, pl.DataFrame]]:
+    """The first pass's pieces again, in order: from their spill, which is then
+    deleted, or from the Parquet file itself."""
+    for source, spill, first_row in pieces:
+        if spill is not None:
+            frame = pl.read_parquet(spill)
+            spill.unlink()
+        else:
+            frame = read_file(source.file, data, roles, root=source.root).frame
+        yield source, first_row, frame
 
 
 def _remove_abandoned(folder: Path) -> None:
