@@ -15,6 +15,7 @@ from likely.data.encoders import (
     MISSING,
     OOV,
     PAD,
+    PENDING_CHUNKS,
     FeatureEncoders,
     HashBuckets,
     QuantileBuckets,
@@ -250,11 +251,14 @@ def test_fitting_in_chunks_equals_one_fit():
     ]
     one = FeatureEncoders(config(features)).fit(whole)
     chunked = FeatureEncoders(config(features))
-    for start in range(0, 3000, 700):
-        chunked.observe(whole.slice(start, 700))
+    # More chunks than a vocabulary keeps apart: their counts get merged.
+    for start in range(0, 3000, 3000 // (3 * PENDING_CHUNKS)):
+        chunked.observe(whole.slice(start, 3000 // (3 * PENDING_CHUNKS)))
     chunked.settle()
-    assert one.tables["item"].keys.to_list() == chunked.tables["item"].keys.to_list()
-    assert one.tables["user"].keys.to_list() == chunked.tables["user"].keys.to_list()
+    for group in ("item", "user"):
+        a, b = one.tables[group], chunked.tables[group]
+        assert a.keys.to_list() == b.keys.to_list()
+        assert a.counts.tolist() == b.counts.tolist()
     assert one.scalers["price"].mean == pytest.approx(chunked.scalers["price"].mean)
     assert one.scalers["price"].std == pytest.approx(chunked.scalers["price"].std)
     a, b = one.transform(whole), chunked.transform(whole)
@@ -262,12 +266,18 @@ def test_fitting_in_chunks_equals_one_fit():
     assert np.allclose(a.dense, b.dense, atol=1e-5)
 
 
-def test_a_text_chunk_after_integer_chunks_switches_keys_to_text():
+@pytest.mark.parametrize("repeats", [1, PENDING_CHUNKS + 1])
+def test_a_text_chunk_after_integer_chunks_switches_keys_to_text(repeats):
     vocab = Vocabulary(min_count=1)
-    vocab.observe(pl.Series(["1", "2", "2"])).observe(pl.Series(["x", "1"])).settle()
+    for _ in range(repeats):  # with many chunks, after their counts were merged
+        vocab.observe(pl.Series(["1", "2", "2"]))
+    vocab.observe(pl.Series(["x", "1"])).settle()
     assert vocab.kind == "str"
-    # "1" and "2" are seen twice each (ties go by key), "x" once.
-    assert vocab.transform(pl.Series(["1", "2", "x", "y"])).tolist() == [3, 4, 5, OOV]
+    # "2" is seen twice per repeat, "1" once per repeat and once more, "x" once
+    # (ties go by key).
+    ranked = ["1", "2"] if repeats == 1 else ["2", "1"]
+    assert vocab.transform(pl.Series([*ranked, "x", "y"])).tolist() == [3, 4, 5, OOV]
+    assert vocab.counts.tolist() == [2 * repeats, repeats + 1, 1]
 
 
 @settings(max_examples=40, deadline=None)

@@ -42,6 +42,8 @@ PAD, OOV, MISSING, FIRST_ID = 0, 1, 2, 3
 # Frames up to this many rows (a request's) take numpy paths where polars'
 # fixed cost per plan would dominate; larger ones are encoded by polars.
 FEW_ROWS = 64
+# A vocabulary merges the counts of this many chunks into one as it fits.
+PENDING_CHUNKS = 8
 ENCODERS_VERSION = 1
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -200,16 +202,24 @@ class Vocabulary:
         )
         counted = keys.drop_nulls().group_by("key").len().collect()
         self._pending.append(counted)
+        if len(self._pending) >= PENDING_CHUNKS:
+            # Each chunk's counts repeat most keys of the others: merged, the
+            # counts of a long window take about one copy of its distinct keys.
+            self._pending = [self._merged()]
         return self
+
+    def _merged(self) -> pl.DataFrame:
+        """`key`, `len`: the pending chunks' counts summed per key."""
+        if len(self._pending) == 1:
+            return self._pending[0]
+        return pl.concat(self._pending).group_by("key").agg(pl.col("len").sum())
 
     def settle(self) -> Vocabulary:
         """Append every value counted since the last settle at least min_count times."""
         if not self._pending:
             return self
         counted = (
-            pl.concat(self._pending)
-            .group_by("key")
-            .agg(pl.col("len").sum())
+            self._merged()
             .filter(pl.col("len") >= self.min_count)
             .sort(["len", "key"], descending=[True, False])
         )

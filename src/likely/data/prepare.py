@@ -350,7 +350,7 @@ def _build(
 ) -> Prepared:
     """Two passes, one piece of one file in memory at a time.
 
-    The first reads and validates every piece (a Parquet file, or about 64 MiB
+    The first reads and validates every piece (a Parquet file, or about 32 MiB
     of text), counts its training rows into the encoders and each split's rows.
     Validated text pieces are kept as temporary Parquet, which reads back in a
     fraction of the time a second parse would take; Parquet inputs are simply

@@ -175,7 +175,9 @@ def _log_result(root: Path, result: ReadResult) -> None:
         logger.warning("dropped %d row(s): %s", count, reason)
 
 
-CHUNK_BYTES = 64 << 20  # text is parsed in pieces of about this size
+# Text is parsed in pieces of about this size: at 1M Criteo rows 32 MiB peaked
+# at 550 MB against 700 MB for 64 MiB, as fast; 16 MiB was 10-15% slower.
+CHUNK_BYTES = 32 << 20
 
 
 def read_file(
@@ -343,7 +345,7 @@ def _text_pieces(file: Path, chunk_bytes: int, separator: str) -> Iterator[_Text
 
 def _byte_counts(text: bytes, separator: bytes) -> tuple[int, int]:
     """Newlines and separators in `text`, counted by numpy in cache-sized
-    blocks: about six times faster than two `bytes.count` over 64 MiB."""
+    blocks: about six times faster than two `bytes.count`."""
     if len(separator) != 1:
         return text.count(b"\n"), text.count(separator)
     codes = np.frombuffer(text, dtype=np.uint8)
