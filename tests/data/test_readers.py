@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gc
 import random
 import re
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -533,6 +535,30 @@ def test_well_formed_text_is_parsed_without_counting_each_lines_fields(
     file = layout.write(tmp_path / "logs", list(layout.good))
 
     assert layout.read(file).frame.rows() == layout.expected
+
+
+@pytest.mark.parametrize("layout", TEXT_LAYOUTS, ids=lambda layout: layout.name)
+@pytest.mark.parametrize("bad", [None, "too_many", "not_a_number"])
+def test_a_parsed_piece_is_freed_without_the_cycle_collector(
+    layout: Layout, bad: str | None, tmp_path: Path
+) -> None:
+    # A parser that refers to itself would keep its piece of text alive until
+    # the cyclic garbage collector happens to run: a piece's worth of memory
+    # per piece read, on the fast path and on both fall-backs.
+    body = list(layout.good) + ([layout.bad[bad].text] if bad else [])
+    file = layout.write(tmp_path / "logs", body)
+    data = {"path": str(file), **layout.data, "on_error": "skip"}
+    config = parse_config({"data": data, "features": layout.features})
+    roles = ColumnRoles.from_config(config)
+    gc.disable()
+    try:
+        parser = next(readers._parsers(file, config.data, None, 1 << 20))
+        parser((roles.label, *roles.numeric))
+        alive = weakref.ref(parser)
+        del parser
+        assert alive() is None
+    finally:
+        gc.enable()
 
 
 # --- Errors found through the grid, pinned down on their own ---------------------

@@ -392,7 +392,7 @@ def _delimited_parsers(
                     f"found {len(header_names)}",
                 )
             names = names or header_names
-        yield _piece_parser(file, data, piece, header, names, separator)
+        yield _PieceParser(file, data, piece, header, names, separator)
 
 
 def _header_names(text: bytes, separator: str) -> list[str]:
@@ -400,14 +400,8 @@ def _header_names(text: bytes, separator: str) -> list[str]:
     return first.split(separator)
 
 
-def _piece_parser(
-    file: Path,
-    data: DataConfig,
-    piece: _TextPiece,
-    header: bool,
-    names: list[str],
-    separator: str,
-) -> Parser:
+@dataclass
+class _PieceParser:
     """Parse one piece, dropping or refusing lines with the wrong field count.
 
     Most pieces have no such line, and that is proved without looking at each
@@ -415,79 +409,92 @@ def _piece_parser(
     exactly `len(names) - 1` separators per line, no line (blank ones included)
     can then have too few. Only a piece that fails the proof pays for counting
     every line's fields.
-    """
-    skip_lines = 1 if header else 0
-    first_row_line = piece.first_line + skip_lines
-    width = len(names)
-    whole = piece.separators == (width - 1) * piece.lines
 
-    def line_checks() -> tuple[pl.Series, Counter[str]]:
+    A class, not a closure that calls itself: such a closure is a reference
+    cycle, and each one kept its piece's 32 MiB alive until the cyclic garbage
+    collector ran, which with so few Python objects made was hardly ever
+    (peak memory grew by a piece per piece read).
+    """
+
+    file: Path
+    data: DataConfig
+    piece: _TextPiece
+    header: bool
+    names: list[str]
+    separator: str
+
+    def __post_init__(self) -> None:
+        self.first_row_line = self.piece.first_line + (1 if self.header else 0)
+        width = len(self.names)
+        self.whole = self.piece.separators == (width - 1) * self.piece.lines
+
+    def __call__(self, numeric: tuple[str, ...]) -> Parsed:
+        if self.whole:
+            try:
+                return self._read(numeric, strict=True), Counter()
+            except pl.exceptions.ComputeError:
+                if numeric:  # perhaps a number polars cannot parse
+                    return self(())
+                self.whole = False  # a line with too many fields
+        skip, dropped = self._line_checks()
+        try:
+            # Fast path: polars parses the numeric columns itself. Any value it
+            # cannot parse fails the whole piece, and the text parse finds it.
+            frame = self._read(numeric, strict=False)
+        except pl.exceptions.ComputeError:
+            if not numeric:
+                raise
+            return self(())
+        if skip.len():
+            frame = frame.filter(~pl.col(LINE).is_in(skip.implode()))
+        return frame, dropped
+
+    def _line_checks(self) -> tuple[pl.Series, Counter[str]]:
         """Lines to skip (blank or of the wrong width) and what was dropped."""
-        counts = _field_counts(piece.data, separator)
-        body = counts.slice(skip_lines).with_row_index(LINE, offset=first_row_line)
+        width = len(self.names)
+        counts = _field_counts(self.piece.data, self.separator)
+        body = counts.slice(1 if self.header else 0).with_row_index(
+            LINE, offset=self.first_row_line
+        )
         blank = body.filter(pl.col("fields").is_null())
         ragged = body.filter(
             pl.col("fields").is_not_null() & (pl.col("fields") != width)
         )
         dropped: Counter[str] = Counter()
-        if ragged.height and data.on_error == ErrorPolicy.RAISE:
+        if ragged.height and self.data.on_error == ErrorPolicy.RAISE:
             line, got = ragged.row(0)[0], ragged.row(0)[1]
             raise LogFormatError(
-                file, line, None, f"expected {width} fields, found {got}"
+                self.file, line, None, f"expected {width} fields, found {got}"
             )
         if ragged.height:
             dropped[f"expected {width} fields"] += ragged.height
         if blank.height:
-            logger.info("%s: ignored %d blank line(s)", file, blank.height)
+            logger.info("%s: ignored %d blank line(s)", self.file, blank.height)
         return pl.concat([blank[LINE], ragged[LINE]]).cast(pl.Int64), dropped
 
-    def read(numeric: tuple[str, ...], strict: bool) -> pl.DataFrame:
+    def _read(self, numeric: tuple[str, ...], strict: bool) -> pl.DataFrame:
         typed = dict.fromkeys(numeric, pl.Float64)
         kwargs: dict[str, Any] = {
-            "separator": separator,
-            "has_header": header,
+            "separator": self.separator,
+            "has_header": self.header,
             "infer_schema": False,
             "truncate_ragged_lines": not strict,
             "quote_char": None,
         }
-        if header:
+        if self.header:
             kwargs |= {"schema_overrides": typed}
         else:
             # Without a header polars takes the width from the first line, which
             # may be short or blank; fix it to the known names and pad short lines.
             # (`missing_columns` and `extra_columns` need polars 2.)
             kwargs |= {
-                "schema": {n: typed.get(n, pl.String) for n in names},
+                "schema": {n: typed.get(n, pl.String) for n in self.names},
                 "missing_columns": "insert",
                 "extra_columns": "raise" if strict else "ignore",
             }
-        frame = pl.read_csv(io.BytesIO(piece.data), **kwargs)
-        frame = frame.with_row_index(LINE, offset=first_row_line)
+        frame = pl.read_csv(io.BytesIO(self.piece.data), **kwargs)
+        frame = frame.with_row_index(LINE, offset=self.first_row_line)
         return frame.with_columns(pl.col(LINE).cast(pl.Int64))
-
-    def parse(numeric: tuple[str, ...]) -> Parsed:
-        nonlocal whole
-        if whole:
-            try:
-                return read(numeric, strict=True), Counter()
-            except pl.exceptions.ComputeError:
-                if numeric:  # perhaps a number polars cannot parse
-                    return parse(())
-                whole = False  # a line with too many fields
-        skip, dropped = line_checks()
-        try:
-            # Fast path: polars parses the numeric columns itself. Any value it
-            # cannot parse fails the whole piece, and the text parse finds it.
-            frame = read(numeric, strict=False)
-        except pl.exceptions.ComputeError:
-            if not numeric:
-                raise
-            return parse(())
-        if skip.len():
-            frame = frame.filter(~pl.col(LINE).is_in(skip.implode()))
-        return frame, dropped
-
-    return parse
 
 
 def _field_counts(text: bytes, separator: str) -> pl.DataFrame:
