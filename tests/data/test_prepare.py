@@ -124,17 +124,25 @@ def test_cache_is_reused_and_invalidated(tmp_path, logs):
     assert prepare(config, target).folder != first.folder
 
 
-@pytest.mark.parametrize("where", ["save", "transform"])
-def test_interrupted_prepare_leaves_nothing_behind(tmp_path, logs, monkeypatch, where):
+@pytest.mark.parametrize(
+    ("owner", "where", "error"),
+    [
+        ("FeatureEncoders", "save", KeyboardInterrupt),  # at the very end
+        ("FeatureEncoders", "transform", KeyboardInterrupt),  # between pieces
+        ("_SplitWriter", "write", OSError),  # in the thread that writes arrays
+    ],
+)
+def test_interrupted_prepare_leaves_nothing_behind(
+    tmp_path, logs, monkeypatch, owner, where, error
+):
     config = make_config(tmp_path)
     from likely.data import prepare as module
 
     def crash(*args, **kwargs):
-        raise KeyboardInterrupt
+        raise error("no space left on device")
 
-    # At the very end, and halfway through writing the arrays.
-    monkeypatch.setattr(module.FeatureEncoders, where, crash)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(getattr(module, owner), where, crash)
+    with pytest.raises(error):
         prepare(config, START + dt.timedelta(days=7))
     assert list((tmp_path / "cache").iterdir()) == []
     monkeypatch.undo()

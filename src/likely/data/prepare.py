@@ -25,6 +25,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -354,8 +355,9 @@ def _build(
     of text), counts its training rows into the encoders and each split's rows.
     Validated text pieces are kept as temporary Parquet, which reads back in a
     fraction of the time a second parse would take; Parquet inputs are simply
-    read again. The second pass encodes each piece into preallocated arrays.
-    Peak memory is one piece plus its encoded rows, not the window.
+    read again. The second pass encodes each piece into preallocated arrays,
+    written by a thread while the next piece is encoded. Peak memory is about
+    one piece plus two pieces' encoded rows, not the window.
     """
     started = time.perf_counter()
     if extend is not None:
@@ -480,14 +482,28 @@ def _second_pass(
     writers: dict[str, _SplitWriter],
     progress: Progress,
 ) -> None:
-    """Encode every piece again, in order, into the split writers."""
+    """Encode every piece again, in order, into the split writers.
+
+    A thread writes each piece's arrays while the next piece is read and
+    encoded (file writes release the GIL); one piece's arrays wait at most.
+    """
     roles = ColumnRoles.from_config(config)
     stream = _reread_pieces(read.pieces, config.data, roles)
-    for index, (source, first_row, frame) in enumerate(stream):
-        parts = _chunk_splits(config, window, source, first_row, frame)
-        for name, part in parts.items():
-            writers[name].write(encoders.transform(part))
-        progress("encoding", index + 1, len(read.pieces))
+    with ThreadPoolExecutor(1, thread_name_prefix="likely-write") as writes:
+        pending: list[Future] = []
+        for index, (source, first_row, frame) in enumerate(stream):
+            parts = _chunk_splits(config, window, source, first_row, frame)
+            encoded = {name: encoders.transform(part) for name, part in parts.items()}
+            for write in pending:
+                write.result()
+            pending = [
+                writes.submit(writers[name].write, arrays)
+                for name, arrays in encoded.items()
+            ]
+            del parts, encoded
+            progress("encoding", index + 1, len(read.pieces))
+        for write in pending:
+            write.result()
 
 
 def _reread_pieces(
