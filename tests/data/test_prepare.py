@@ -265,6 +265,17 @@ def test_text_logs_in_pieces_match_one_piece(tmp_path, monkeypatch):
     assert np.array_equal(a, b)
     assert not list((tmp_path / "cache").glob(".*"))
 
+    # Against a reference made without prepare: the test day's rows in file
+    # order, encoded at once. Pieces, halves encoded side by side and writes
+    # in a thread must neither reorder nor lose a row.
+    config = parse_config(raw)
+    frame = pl.read_csv(tmp_path / "logs.csv", try_parse_dates=True)
+    day = frame.filter(pl.col("day") == dt.date(2026, 11, 3))
+    expected = pieces.encoders(config).transform(day.cast({"label": pl.Int8}))
+    for name in ("sparse", "dense", "label", "user", "day"):
+        written = np.load(pieces.folder / "test" / f"{name}.npy")
+        assert np.array_equal(written, getattr(expected, name)), name
+
 
 def test_hashed_sparse_feature_prepares(tmp_path):
     """A sparse feature with hash_buckets gets ids in [FIRST_ID, buckets + FIRST_ID)

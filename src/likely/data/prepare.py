@@ -355,9 +355,10 @@ def _build(
     of text), counts its training rows into the encoders and each split's rows.
     Validated text pieces are kept as temporary Parquet, which reads back in a
     fraction of the time a second parse would take; Parquet inputs are simply
-    read again. The second pass encodes each piece into preallocated arrays,
-    written by a thread while the next piece is encoded. Peak memory is about
-    one piece plus two pieces' encoded rows, not the window.
+    read again. The second pass encodes each piece (in two halves, on two
+    threads) into preallocated arrays, written by a thread while the next
+    piece is encoded. Peak memory is about one piece plus two pieces' encoded
+    rows, not the window.
     """
     started = time.perf_counter()
     if extend is not None:
@@ -484,21 +485,31 @@ def _second_pass(
 ) -> None:
     """Encode every piece again, in order, into the split writers.
 
-    A thread writes each piece's arrays while the next piece is read and
-    encoded (file writes release the GIL); one piece's arrays wait at most.
+    Each split of a piece is encoded in two halves on two threads (much of
+    encoding is numpy, which releases the GIL, and polars alone left a core
+    idle), and a third thread writes a piece's arrays while the next piece is
+    read and encoded; one piece's arrays wait at most.
     """
     roles = ColumnRoles.from_config(config)
     stream = _reread_pieces(read.pieces, config.data, roles)
-    with ThreadPoolExecutor(1, thread_name_prefix="likely-write") as writes:
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="likely-write") as writes,
+        ThreadPoolExecutor(2, thread_name_prefix="likely-encode") as encodes,
+    ):
         pending: list[Future] = []
         for index, (source, first_row, frame) in enumerate(stream):
             parts = _chunk_splits(config, window, source, first_row, frame)
-            encoded = {name: encoders.transform(part) for name, part in parts.items()}
+            halves = []
+            for name, part in parts.items():
+                middle = part.height // 2
+                for half in (part.slice(0, middle), part.slice(middle)):
+                    if half.height:
+                        halves.append((name, encodes.submit(encoders.transform, half)))
+            encoded = [(name, future.result()) for name, future in halves]
             for write in pending:
                 write.result()
             pending = [
-                writes.submit(writers[name].write, arrays)
-                for name, arrays in encoded.items()
+                writes.submit(writers[name].write, arrays) for name, arrays in encoded
             ]
             del parts, encoded
             progress("encoding", index + 1, len(read.pieces))
