@@ -354,3 +354,99 @@ def test_a_null_inside_a_behaviour_list_is_no_item():
     ids = encoders.transform(rows).sequence[:, 0]
     five, six, seven = encoders.tables["recent"].transform(pl.Series([5, 6, 7]))
     assert ids.tolist() == [[five, six], [PAD, PAD], [seven, five]]
+
+
+# --- Categorical columns: how prepare counts, spills and encodes text --------
+
+
+def text_chunks(seed: int = 0, chunks: int = 3, rows: int = 400) -> list[pl.DataFrame]:
+    """Text ids with nulls, integer-like text ("7", "07") and a rare tail."""
+    rng = np.random.default_rng(seed)
+    pool = ["a", "b", "7", "07", "x1", *[f"rare{i}" for i in range(60)]]
+    out = []
+    for _ in range(chunks):
+        picks = rng.zipf(1.5, rows) % len(pool)
+        values = [None if p == 3 and rng.random() < 0.5 else pool[p] for p in picks]
+        shop = [f"s{int(k)}" for k in rng.integers(0, 30, rows)]
+        out.append(
+            pl.DataFrame(
+                {"user": "u0", "item": values, "shop": shop, "label": 0},
+                schema_overrides={"item": pl.String},
+            )
+        )
+    return out
+
+
+CATEGORIZED = [
+    {"name": "item", "kind": "sparse", "vocabulary": {"min_count": 2}},
+    {"name": "shop", "kind": "sparse"},
+    {"name": "user", "kind": "sparse"},  # the user column: left as text
+]
+
+
+@pytest.mark.parametrize("gc_between", [False, True])
+def test_categorized_chunks_fit_and_encode_as_their_text(gc_between):
+    import gc
+
+    chunks = text_chunks()
+    plain = FeatureEncoders(config(CATEGORIZED))
+    for chunk in chunks:
+        plain.observe(chunk)
+    plain.settle()
+
+    coded = FeatureEncoders(config(CATEGORIZED))
+    spilled = []
+    for chunk in chunks:
+        categorized = coded.categorize(chunk)
+        assert isinstance(categorized.schema["item"], pl.Categorical)
+        assert categorized.schema["user"] == pl.String
+        coded.observe(categorized)
+        spilled.append(coded.physical(categorized))
+        assert spilled[-1].schema["item"] == pl.UInt32
+        del categorized
+        if gc_between:  # the category set must outlive every frame using it
+            gc.collect()
+    coded.settle()
+
+    for group in ("item", "shop", "user"):
+        a, b = plain.tables[group], coded.tables[group]
+        assert (a.kind, a.keys.to_list()) == (b.kind, b.keys.to_list())
+        assert a.counts.tolist() == b.counts.tolist()
+    for chunk, codes in zip(chunks, spilled, strict=True):
+        expected = plain.transform(chunk)
+        got = coded.transform(codes, coded=True)
+        assert np.array_equal(expected.sparse, got.sparse)
+        assert np.array_equal(expected.user, got.user)
+        # A Categorical frame itself encodes the same way.
+        again = coded.transform(coded.categorize(chunk))
+        assert np.array_equal(expected.sparse, again.sparse)
+
+
+def test_integer_text_counted_by_code_merges_spellings_of_one_number():
+    # " 7" and "7" are two categories but one integer key, as with text.
+    categories = pl.Categorical(pl.Categories.random())
+    values = pl.Series(["7", " 7", "8", None, "7"])
+    vocab = Vocabulary(min_count=1).observe(values.cast(categories)).settle()
+    text = Vocabulary(min_count=1).fit(values)
+    assert vocab.kind == text.kind == "int"
+    assert vocab.keys.to_list() == text.keys.to_list() == [7, 8]
+    assert vocab.counts.tolist() == text.counts.tolist() == [3, 1]
+    codes = pl.Series([" 7", "8", "9", None]).cast(categories)
+    assert vocab.transform(codes).tolist() == [3, 4, OOV, MISSING]
+
+
+def test_categorized_counts_extend_fitted_vocabularies():
+    chunks = text_chunks(seed=1)
+    old = FeatureEncoders(config(CATEGORIZED)).fit(chunks[0])
+    new_chunk = chunks[1].with_columns(pl.lit("brand-new").alias("shop"))
+    plain = FeatureEncoders.from_json(old.to_json(), config(CATEGORIZED))
+    plain.extend(new_chunk)
+    coded = FeatureEncoders.from_json(old.to_json(), config(CATEGORIZED))
+    coded.observe(coded.categorize(new_chunk), vocabularies_only=True)
+    coded.settle()
+    for group in ("item", "shop"):
+        assert plain.tables[group].keys.to_list() == coded.tables[group].keys.to_list()
+        assert (
+            old.tables[group].keys.to_list()
+            == (coded.tables[group].keys.to_list()[: old.tables[group].size - FIRST_ID])
+        )

@@ -173,9 +173,17 @@ class Vocabulary:
     _exprs: dict[tuple[str, pl.DataType], pl.Expr] = field(
         default_factory=dict, repr=False
     )
+    # A Categorical column (as `FeatureEncoders.categorize` makes for prepare)
+    # is counted by code, and its text read once per category at settle; it
+    # is encoded by gathering each category's id, found once per category.
+    # Each pairs an empty Series of the Categorical with an array by code: a
+    # category set lives only while some Series uses it.
+    _coded: tuple[pl.Series, np.ndarray] | None = field(default=None, repr=False)
+    _coded_ids: tuple[pl.Series, np.ndarray] | None = field(default=None, repr=False)
 
     def fit(self, values: pl.Series) -> Vocabulary:
         self.keys, self.counts, self._pending, self._exprs = None, None, [], {}
+        self._coded = None
         return self.observe(values).settle()
 
     def extend(self, values: pl.Series) -> Vocabulary:
@@ -184,6 +192,39 @@ class Vocabulary:
 
     def observe(self, values: pl.Series) -> Vocabulary:
         """Count a chunk of values; `settle` turns the counts into ids."""
+        if isinstance(values.dtype, pl.Categorical):
+            self._count_codes(values)
+            return self
+        return self._count(values)
+
+    def _count_codes(self, values: pl.Series) -> None:
+        if self._coded is not None and self._coded[0].dtype != values.dtype:
+            self._flush_codes()
+        codes = values.to_physical().drop_nulls().to_numpy()
+        counts = np.bincount(codes).astype(np.int64)
+        if self._coded is None:
+            self._coded = (values.head(0), counts)
+            return
+        total = self._coded[1]
+        if len(counts) > len(total):
+            total = np.concatenate(
+                [total, np.zeros(len(counts) - len(total), np.int64)]
+            )
+        total[: len(counts)] += counts
+        self._coded = (self._coded[0], total)
+
+    def _flush_codes(self) -> None:
+        """Counts by code -> counts by key, as if the text had been observed."""
+        if self._coded is None:
+            return
+        anchor, total = self._coded
+        self._coded = None
+        present = np.flatnonzero(total)
+        if len(present):
+            self._count(anchor.dtype.categories.to_series()[present], total[present])
+
+    def _count(self, values: pl.Series, counts: np.ndarray | None = None) -> Vocabulary:
+        """Count `values`, or add `counts` (one per distinct value) where given."""
         if self.keys is None:
             kind = _key_kind(values)
             if not self._pending:
@@ -200,8 +241,17 @@ class Vocabulary:
             .lazy()
             .select(_as_keys(pl.col("key"), values.dtype, self.kind).alias("key"))
         )
-        counted = keys.drop_nulls().group_by("key").len().collect()
-        self._pending.append(counted)
+        if counts is None:
+            counted = keys.drop_nulls().group_by("key").len()
+        else:
+            # Distinct texts may still be one key ("7" and "07" as integers).
+            counted = (
+                keys.with_columns(len=pl.lit(pl.Series(counts)))
+                .drop_nulls("key")
+                .group_by("key")
+                .agg(pl.col("len").sum().cast(pl.get_index_type()))
+            )
+        self._pending.append(counted.collect())
         if len(self._pending) >= PENDING_CHUNKS:
             # Each chunk's counts repeat most keys of the others: merged, the
             # counts of a long window take about one copy of its distinct keys.
@@ -216,6 +266,7 @@ class Vocabulary:
 
     def settle(self) -> Vocabulary:
         """Append every value counted since the last settle at least min_count times."""
+        self._flush_codes()
         if not self._pending:
             return self
         counted = (
@@ -224,6 +275,7 @@ class Vocabulary:
             .sort(["len", "key"], descending=[True, False])
         )
         self._pending, self._table, self._exprs = [], None, {}
+        self._coded_ids = None
         if self.keys is None:
             self.keys = counted["key"]
             self.counts = counted["len"].to_numpy().astype(np.int64)
@@ -248,6 +300,8 @@ class Vocabulary:
         A table indexed by `key - min_key` is several times faster than a hash
         join; it is used when it costs at most ~8 entries per known key.
         """
+        if isinstance(values.dtype, pl.Categorical) and self.keys is not None:
+            return self.lookup_codes(values.to_physical(), values.head(0))
         if self.kind != "int" or not values.dtype.is_integer() or self.keys is None:
             return None
         if self._table is None:
@@ -271,6 +325,22 @@ class Vocabulary:
         ids[outside] = OOV
         if values.null_count():
             ids[values.is_null().to_numpy()] = MISSING
+        return ids
+
+    def lookup_codes(self, codes: pl.Series, anchor: pl.Series) -> np.ndarray:
+        """Ids of values given as the codes (physical values) of a Categorical,
+        whose dtype `anchor` has: each category's id is found once, then
+        gathered by code."""
+        highest = -1 if codes.null_count() == len(codes) else int(codes.max())
+        known = self._coded_ids
+        if known is None or known[0].dtype != anchor.dtype or highest >= len(known[1]):
+            # Categories only grow: ids of those already known stay right.
+            names = anchor.dtype.categories.to_series()
+            known = (anchor.head(0), self.transform(names))
+            self._coded_ids = known
+        ids = known[1][codes.fill_null(0).to_numpy()]
+        if codes.null_count():
+            ids[codes.is_null().to_numpy()] = MISSING
         return ids
 
     def expr(self, column: pl.Expr, dtype: pl.DataType) -> pl.Expr:
@@ -583,6 +653,11 @@ class FeatureEncoders:
         self.config = config
         self.tables: dict[str, IdEncoder] = {}
         self.scalers: dict[str, DenseScaler] = {}
+        # Per table, an empty Series of its Categorical, which keeps the
+        # category set alive between pieces; and the table of each column
+        # that `categorize` cast (see there).
+        self._categories: dict[str, pl.Series] = {}
+        self._coded: dict[str, str] = {}
         for feature in config.categorical_features:
             if feature.group in self.tables:
                 continue
@@ -597,6 +672,50 @@ class FeatureEncoders:
         if feature.vocabulary.hash_buckets is not None:
             return HashBuckets(feature.vocabulary.hash_buckets)
         return Vocabulary(feature.vocabulary.min_count)
+
+    def categorize(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """`frame` with the text columns of vocabularies as Categorical, one
+        category set per table (kept by these encoders).
+
+        For prepare: a vocabulary counts a Categorical by code (a bincount), a
+        piece spills its codes (`physical`) rather than its text, and encoding
+        codes (`transform(coded=True)`) gathers each category's id, found once.
+        Each distinct text is then hashed about once a piece, instead of once
+        to count it, once to spill and once to encode it. Tables with a
+        sequence member, hashed and bucketed tables, the user column and
+        columns that two tables read keep their columns as they are.
+        """
+        readers: dict[str, set[str]] = {}
+        for feature in self.config.categorical_features:
+            readers.setdefault(feature.source, set()).add(feature.group)
+        casts = []
+        for group, encoder in self.tables.items():
+            members = [f for f in self.config.categorical_features if f.group == group]
+            if not isinstance(encoder, Vocabulary) or any(
+                f.kind != FeatureKind.SPARSE for f in members
+            ):
+                continue
+            sources = {
+                f.source
+                for f in members
+                if frame.schema.get(f.source) == pl.String
+                and len(readers[f.source]) == 1
+                and f.source != self.config.data.user_column
+            }
+            if sources:
+                if group not in self._categories:
+                    dtype = pl.Categorical(pl.Categories.random())
+                    self._categories[group] = pl.Series(group, [], dtype=dtype)
+                dtype = self._categories[group].dtype
+                casts += [pl.col(source).cast(dtype) for source in sorted(sources)]
+                self._coded.update(dict.fromkeys(sources, group))
+        return frame.with_columns(casts) if casts else frame
+
+    def physical(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """A categorized frame with codes (UInt32) in place of its Categoricals:
+        what `transform(coded=True)` takes back."""
+        coded = [c for c in frame.columns if c in self._coded]
+        return frame.with_columns(pl.col(coded).to_physical()) if coded else frame
 
     def _group_values(self, frame: pl.DataFrame, group: str) -> pl.Series:
         """Every value of every column in a group (sequences flattened)."""
@@ -678,12 +797,16 @@ class FeatureEncoders:
         """Rows per embedding table, reserved ids included."""
         return {group: encoder.size for group, encoder in self.tables.items()}
 
-    def transform(self, frame: pl.DataFrame) -> EncodedColumns:
-        """Encode a frame with the fitted encoders; unknown values get OOV."""
+    def transform(self, frame: pl.DataFrame, *, coded: bool = False) -> EncodedColumns:
+        """Encode a frame with the fitted encoders; unknown values get OOV.
+
+        `coded`: the columns `categorize` cast hold their codes, as `physical`
+        gives them.
+        """
         config, data = self.config, self.config.data
         n = frame.height
         schema = frame.schema
-        sparse = self._sparse(frame)
+        sparse = self._sparse(frame, coded)
         if n <= FEW_ROWS:
             dense = np.zeros((n, len(config.dense_features)), dtype=np.float32)
             for j, f in enumerate(config.dense_features):
@@ -725,14 +848,17 @@ class FeatureEncoders:
             probability,
         )
 
-    def _sparse(self, frame: pl.DataFrame) -> np.ndarray:
+    def _sparse(self, frame: pl.DataFrame, coded: bool = False) -> np.ndarray:
         """`(N, F)` ids: direct lookups where possible, the rest in one select."""
         features = self.config.sparse_features
         columns: list[np.ndarray | None] = []
         for feature in features:
             encoder = self.tables[feature.group]
             fast = None
-            if isinstance(encoder, Vocabulary):
+            if coded and feature.source in self._coded:
+                anchor = self._categories[self._coded[feature.source]]
+                fast = encoder.lookup_codes(frame[feature.source], anchor)
+            elif isinstance(encoder, Vocabulary):
                 fast = encoder.lookup(frame[feature.source])
             elif isinstance(encoder, HashBuckets):
                 # Hashing has no polars expression; it is numpy over the column.
