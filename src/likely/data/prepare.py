@@ -491,17 +491,23 @@ def _second_pass(
 
     Each split of a piece is encoded in two halves on two threads (much of
     encoding is numpy, which releases the GIL, and polars alone left a core
-    idle), and a third thread writes a piece's arrays while the next piece is
-    read and encoded; one piece's arrays wait at most.
+    idle); meanwhile one thread reads the next piece and another writes the
+    previous piece's arrays. At most one piece waits on either side.
     """
     roles = ColumnRoles.from_config(config)
     stream = _reread_pieces(read.pieces, config.data, roles)
     with (
+        ThreadPoolExecutor(1, thread_name_prefix="likely-read") as reads,
         ThreadPoolExecutor(1, thread_name_prefix="likely-write") as writes,
         ThreadPoolExecutor(2, thread_name_prefix="likely-encode") as encodes,
     ):
         pending: list[Future] = []
-        for index, (source, first_row, frame, coded) in enumerate(stream):
+        ahead = reads.submit(next, stream, None)
+        index = -1
+        while (piece := ahead.result()) is not None:
+            ahead = reads.submit(next, stream, None)  # read while this encodes
+            index += 1
+            source, first_row, frame, coded = piece
             parts = _chunk_splits(config, window, source, first_row, frame)
             halves = []
             for name, part in parts.items():
