@@ -8,10 +8,11 @@ changed config or file never reuses a stale cache. It is built under a
 temporary name and renamed when complete: an interrupted prepare leaves nothing
 that a later run could mistake for a finished one.
 
-Files are processed one at a time, twice: a first pass fits the encoders and
-counts rows, a second encodes into preallocated arrays. Memory is bounded by the
-largest input file, not the window, so logs should come in files of a day or
-less (as day-partitioned Parquet does); one huge file is read whole.
+Inputs are processed in pieces, twice: a first pass fits the encoders and
+counts rows, a second encodes into preallocated arrays. Text is cut into pieces
+of about 32 MiB; a Parquet file is one piece, so memory is bounded by the
+largest Parquet file (or a few text pieces), not the window: Parquet logs
+should come in files of a day or less, as day-partitioned logs do.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from likely.config import DataConfig, ExperimentConfig, LogFormat
 from likely.data.encoders import EncodedColumns, FeatureEncoders, stable_hash
 from likely.data.readers import (
     ColumnRoles,
+    ReadResult,
     list_files,
     partition_values,
     read_chunks,
@@ -349,7 +351,7 @@ def _build(
     progress: Progress,
     extend: FeatureEncoders | None = None,
 ) -> Prepared:
-    """Two passes, one piece of one file in memory at a time.
+    """Two passes over the pieces of the inputs, a few pieces in memory at once.
 
     The first reads and validates every piece (a Parquet file, or about 32 MiB
     of text), counts its training rows into the encoders and each split's rows.
@@ -357,9 +359,9 @@ def _build(
     the codes of one category set per table (`FeatureEncoders.categorize`),
     which read back in a fraction of the time a second parse would take;
     Parquet inputs are simply read again. The second pass encodes each piece
-    (in two halves, on two threads) into preallocated arrays, written by a
-    thread while the next piece is encoded. Peak memory is about one piece
-    plus two pieces' encoded rows, not the window.
+    into preallocated arrays. In both, threads read the next piece ahead and
+    (second pass) encode in halves and write, so peak memory is about two
+    pieces and two pieces' encoded rows, not the window.
     """
     started = time.perf_counter()
     if extend is not None:
@@ -440,14 +442,22 @@ def _first_pass(
 ) -> _FirstPass:
     """Read and validate every piece, count the training rows into `encoders`
     (not settled; only vocabularies when extending fitted ones), and spill
-    text pieces, their text ids as codes, for the second pass."""
+    text pieces, their text ids as codes, for the second pass. A thread
+    parses the next piece while this one is counted and spilled."""
     data = config.data
     sources = _sources(config, window, files)
     read = _FirstPass(dict.fromkeys(SPLITS, 0), [])
     kept = 0  # rows read and kept so far: the position of the next piece's first
     roles = ColumnRoles.from_config(config)
-    for done, source in enumerate(sources, start=1):
-        for result in read_chunks(source.file, data, roles, root=source.root):
+    pieces = _read_pieces(sources, data, roles)
+    with ThreadPoolExecutor(1, thread_name_prefix="likely-read") as reads:
+        ahead = reads.submit(next, pieces, None)
+        while (piece := ahead.result()) is not None:
+            ahead = reads.submit(next, pieces, None)  # parse while this counts
+            done, source, result = piece
+            if result is None:  # every piece of the source was read
+                progress("reading and fitting", done, len(sources))
+                continue
             read.rows_read += result.rows_read
             read.dropped.update(result.dropped)
             frame = result.frame
@@ -465,7 +475,7 @@ def _first_pass(
                     encoders.observe(part, vocabularies_only=vocabularies_only)
             read.pieces.append((source, spill, kept))
             kept += frame.height
-        progress("reading and fitting", done, len(sources))
+            del piece, result, frame, parts
     logger.info(
         "read %d rows from %d file(s); dropped %d",
         read.rows_read,
@@ -526,6 +536,17 @@ def _second_pass(
             progress("encoding", index + 1, len(read.pieces))
         for write in pending:
             write.result()
+
+
+def _read_pieces(
+    sources: list[_Source], data: DataConfig, roles: ColumnRoles
+) -> Iterator[tuple[int, _Source, ReadResult | None]]:
+    """`(n, source, piece)` for each validated piece of the n-th source (from 1),
+    then `(n, source, None)` once its pieces are all read."""
+    for done, source in enumerate(sources, start=1):
+        for result in read_chunks(source.file, data, roles, root=source.root):
+            yield done, source, result
+        yield done, source, None
 
 
 def _reread_pieces(
