@@ -449,7 +449,10 @@ def _first_pass(
     read = _FirstPass(dict.fromkeys(SPLITS, 0), [])
     kept = 0  # rows read and kept so far: the position of the next piece's first
     roles = ColumnRoles.from_config(config)
-    pieces = _read_pieces(sources, data, roles)
+    text = data.format != LogFormat.PARQUET
+    # Text columns become codes of one category set per table: a fraction of
+    # the cost to count, spill and encode. (Cast in the reading thread.)
+    pieces = _read_pieces(sources, data, roles, encoders if text else None)
     with ThreadPoolExecutor(1, thread_name_prefix="likely-read") as reads:
         ahead = reads.submit(next, pieces, None)
         while (piece := ahead.result()) is not None:
@@ -462,10 +465,7 @@ def _first_pass(
             read.dropped.update(result.dropped)
             frame = result.frame
             spill = None
-            if data.format != LogFormat.PARQUET:
-                # Text columns become codes of one category set per table: a
-                # fraction of the cost to count, spill and encode.
-                frame = encoders.categorize(frame)
+            if text:
                 spill = tmp / "_pieces" / f"{len(read.pieces)}.arrow"
                 encoders.physical(frame).write_ipc(spill, compression="uncompressed")
             parts = _chunk_splits(config, window, source, kept, frame)
@@ -539,12 +539,18 @@ def _second_pass(
 
 
 def _read_pieces(
-    sources: list[_Source], data: DataConfig, roles: ColumnRoles
+    sources: list[_Source],
+    data: DataConfig,
+    roles: ColumnRoles,
+    categorize: FeatureEncoders | None,
 ) -> Iterator[tuple[int, _Source, ReadResult | None]]:
     """`(n, source, piece)` for each validated piece of the n-th source (from 1),
-    then `(n, source, None)` once its pieces are all read."""
+    then `(n, source, None)` once its pieces are all read. With `categorize`,
+    each piece's text ids come as its Categoricals."""
     for done, source in enumerate(sources, start=1):
         for result in read_chunks(source.file, data, roles, root=source.root):
+            if categorize is not None:
+                result.frame = categorize.categorize(result.frame)
             yield done, source, result
         yield done, source, None
 
