@@ -244,7 +244,7 @@ class Vocabulary:
         if counts is None:
             counted = keys.drop_nulls().group_by("key").len()
         else:
-            # Distinct texts may still be one key ("7" and "07" as integers).
+            # Distinct texts may still be one key (" 7" and "7" as integers).
             counted = (
                 keys.with_columns(len=pl.lit(pl.Series(counts)))
                 .drop_nulls("key")

@@ -176,7 +176,8 @@ def _log_result(root: Path, result: ReadResult) -> None:
 
 
 # Text is parsed in pieces of about this size: at 1M Criteo rows 32 MiB peaked
-# at 550 MB against 700 MB for 64 MiB, as fast; 16 MiB was 10-15% slower.
+# at ~410 MB against ~650 MB for 64 MiB, as fast; 16 MiB (~340 MB) was 10-15%
+# slower.
 CHUNK_BYTES = 32 << 20
 
 
