@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TypeVar
 
 import numpy as np
 import polars as pl
@@ -208,6 +208,7 @@ def prepare(
 
 
 SPLITS = ("train", "valid", "test")
+_Item = TypeVar("_Item")
 Progress = Callable[[str, int, int], None]
 
 
@@ -453,29 +454,25 @@ def _first_pass(
     # Text columns become codes of one category set per table: a fraction of
     # the cost to count, spill and encode. (Cast in the reading thread.)
     pieces = _read_pieces(sources, data, roles, encoders if text else None)
-    with ThreadPoolExecutor(1, thread_name_prefix="likely-read") as reads:
-        ahead = reads.submit(next, pieces, None)
-        while (piece := ahead.result()) is not None:
-            ahead = reads.submit(next, pieces, None)  # parse while this counts
-            done, source, result = piece
-            if result is None:  # every piece of the source was read
-                progress("reading and fitting", done, len(sources))
-                continue
-            read.rows_read += result.rows_read
-            read.dropped.update(result.dropped)
-            frame = result.frame
-            spill = None
-            if text:
-                spill = tmp / "_pieces" / f"{len(read.pieces)}.arrow"
-                encoders.physical(frame).write_ipc(spill, compression="uncompressed")
-            parts = _chunk_splits(config, window, source, kept, frame)
-            for name, part in parts.items():
-                read.rows[name] += part.height
-                if name == "train":
-                    encoders.observe(part, vocabularies_only=vocabularies_only)
-            read.pieces.append((source, spill, kept))
-            kept += frame.height
-            del piece, result, frame, parts
+    for done, source, result in _ahead(pieces):  # parse while this one counts
+        if result is None:  # every piece of the source was read
+            progress("reading and fitting", done, len(sources))
+            continue
+        read.rows_read += result.rows_read
+        read.dropped.update(result.dropped)
+        frame = result.frame
+        spill = None
+        if text:
+            spill = tmp / "_pieces" / f"{len(read.pieces)}.arrow"
+            encoders.physical(frame).write_ipc(spill, compression="uncompressed")
+        parts = _chunk_splits(config, window, source, kept, frame)
+        for name, part in parts.items():
+            read.rows[name] += part.height
+            if name == "train":
+                encoders.observe(part, vocabularies_only=vocabularies_only)
+        read.pieces.append((source, spill, kept))
+        kept += frame.height
+        del result, frame, parts  # before the next piece is waited for
     logger.info(
         "read %d rows from %d file(s); dropped %d",
         read.rows_read,
@@ -505,37 +502,43 @@ def _second_pass(
     previous piece's arrays. At most one piece waits on either side.
     """
     roles = ColumnRoles.from_config(config)
-    stream = _reread_pieces(read.pieces, config.data, roles)
+    stream = _ahead(_reread_pieces(read.pieces, config.data, roles))
     with (
-        ThreadPoolExecutor(1, thread_name_prefix="likely-read") as reads,
         ThreadPoolExecutor(1, thread_name_prefix="likely-write") as writes,
         ThreadPoolExecutor(2, thread_name_prefix="likely-encode") as encodes,
     ):
         pending: list[Future] = []
-        ahead = reads.submit(next, stream, None)
-        index = -1
-        while (piece := ahead.result()) is not None:
-            ahead = reads.submit(next, stream, None)  # read while this encodes
-            index += 1
-            source, first_row, frame, coded = piece
+        for index, (source, first_row, frame, coded) in enumerate(stream):
             parts = _chunk_splits(config, window, source, first_row, frame)
             halves = []
             for name, part in parts.items():
                 middle = part.height // 2
                 for half in (part.slice(0, middle), part.slice(middle)):
                     if half.height:
-                        encoded = encodes.submit(encoders.transform, half, coded=coded)
-                        halves.append((name, encoded))
-            encoded = [(name, future.result()) for name, future in halves]
+                        job = encodes.submit(encoders.transform, half, coded=coded)
+                        halves.append((name, job))
+            encoded = [(name, job.result()) for name, job in halves]
             for write in pending:
                 write.result()
             pending = [
                 writes.submit(writers[name].write, arrays) for name, arrays in encoded
             ]
-            del parts, encoded
+            del frame, parts, halves, encoded  # before the next piece is waited for
             progress("encoding", index + 1, len(read.pieces))
         for write in pending:
             write.result()
+
+
+def _ahead(items: Iterator[_Item]) -> Iterator[_Item]:
+    """`items`, each next one produced in a thread while the caller works on
+    the one before: parsing and reading (polars, which releases the GIL)
+    overlap counting and encoding. One item at most waits."""
+    with ThreadPoolExecutor(1, thread_name_prefix="likely-read") as reads:
+        ahead = reads.submit(next, items, None)
+        while (item := ahead.result()) is not None:
+            ahead = reads.submit(next, items, None)
+            yield item
+            del item  # the caller's is all there is while the next is awaited
 
 
 def _read_pieces(
