@@ -19,6 +19,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -437,7 +438,7 @@ class _PieceParser:
                 if numeric:  # perhaps a number polars cannot parse
                     return self(())
                 self.whole = False  # a line with too many fields
-        skip, dropped = self._line_checks()
+        skip, dropped = self._line_checks
         try:
             # Fast path: polars parses the numeric columns itself. Any value it
             # cannot parse fails the whole piece, and the text parse finds it.
@@ -448,10 +449,12 @@ class _PieceParser:
             return self(())
         if skip.len():
             frame = frame.filter(~pl.col(LINE).is_in(skip.implode()))
-        return frame, dropped
+        return frame, Counter(dropped)
 
+    @cached_property
     def _line_checks(self) -> tuple[pl.Series, Counter[str]]:
-        """Lines to skip (blank or of the wrong width) and what was dropped."""
+        """Lines to skip (blank or of the wrong width) and what was dropped;
+        counted once, however many times the piece is parsed."""
         width = len(self.names)
         counts = _field_counts(self.piece.data, self.separator)
         body = counts.slice(1 if self.header else 0).with_row_index(
