@@ -200,18 +200,11 @@ class Vocabulary:
     def _count_codes(self, values: pl.Series) -> None:
         if self._coded is not None and self._coded[0].dtype != values.dtype:
             self._flush_codes()
+        anchor, total = self._coded or (values.head(0), np.zeros(0, np.int64))
         codes = values.to_physical().drop_nulls().to_numpy()
-        counts = np.bincount(codes).astype(np.int64)
-        if self._coded is None:
-            self._coded = (values.head(0), counts)
-            return
-        total = self._coded[1]
-        if len(counts) > len(total):
-            total = np.concatenate(
-                [total, np.zeros(len(counts) - len(total), np.int64)]
-            )
-        total[: len(counts)] += counts
-        self._coded = (self._coded[0], total)
+        counts = np.bincount(codes, minlength=len(total)).astype(np.int64)
+        counts[: len(total)] += total
+        self._coded = (anchor, counts)
 
     def _flush_codes(self) -> None:
         """Counts by code -> counts by key, as if the text had been observed."""
