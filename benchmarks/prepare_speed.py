@@ -205,6 +205,8 @@ def main() -> None:
         "speed varies by 20%% or more from one minute to the next)",
     )
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     sizes = [int(x) for x in args.rows.split(",")]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="likely-bench-"))
     work.mkdir(parents=True, exist_ok=True)

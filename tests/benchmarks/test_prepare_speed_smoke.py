@@ -29,3 +29,12 @@ def test_prepare_speed_writes_every_measurement(tmp_path: Path) -> None:
     assert row["likely_criteo"]["rows"] == row["pandas_criteo"]["rows"] == 8000
     assert row["likely_criteo"]["encoded_bytes"] > 8000 * 4 * 39
     assert row["speedup_vs_pandas"] > 0
+
+
+def test_prepare_speed_refuses_zero_repeats(tmp_path: Path) -> None:
+    command = [sys.executable, str(SCRIPT), "--rows", "100", "--repeats", "0"]
+    command += ["--workdir", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--repeats must be at least 1, got 0" in done.stderr
+    assert not list(tmp_path.iterdir())  # refused before writing any data
