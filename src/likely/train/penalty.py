@@ -36,7 +36,7 @@ class EmbeddingPenalty:
         ...     _ = table.weight.fill_(1.0)
         >>> penalty = EmbeddingPenalty(table, weight=0.5)
         >>> _ = table(torch.tensor([[0, 1, 2], [3, 4, 0]]))  # 5 distinct rows
-        >>> float(penalty.take())  # 0.5 * 5 rows * 2 dims * 1.0
+        >>> float(penalty.take().detach())  # 0.5 * 5 rows * 2 dims * 1.0
         5.0
     """
 
