@@ -58,6 +58,9 @@ def test_avazu_sample(tmp_path, shared_data):
     assert config.data.date_column is None and config.data.holdout_fraction == 0.1
     names = {f.name for f in config.features}
     assert "id" not in names  # one value per impression: useless as a feature
+    reasons = dict(reason.split(": ", 1) for reason in inspection.skipped)
+    assert reasons["id"] == "a different value on every row (an impression id?)"
+    assert reasons["day"] == "the same value on every sampled row"
     assert {"site_id", "app_id", "device_model"} <= names
     splits = prepare(config).manifest["splits"]
     assert splits["train"]["rows"] + splits["valid"]["rows"] == 100

@@ -366,3 +366,16 @@ def test_platt_scaling_refuses_one_class_and_nan():
         platt_scaling(np.array([0, 1]), np.array([0.0, np.nan]))
     with pytest.raises(ValueError, match="differ in length"):
         platt_scaling(np.array([0, 1]), np.zeros(3))
+
+
+def test_platt_scaling_stays_finite_on_separable_rows():
+    # Eight validation rows the logits split perfectly: the unsmoothed fit has
+    # no minimum (it stopped at scale 20, bias -38: probabilities of 0 and 1).
+    logits = np.array([-2.0, -1.5, -1.0, -0.5, 0.0, 0.4, 0.8, 3.0])
+    labels = np.array([0, 0, 0, 0, 0, 0, 0, 1])
+    scale, bias = platt_scaling(labels, logits)
+    assert 0 < scale < 10 and abs(bias) < 10
+    probs = 1 / (1 + np.exp(-(scale * logits + bias)))
+    # Ranking kept; the click's probability is high but not 1, the rest low.
+    assert roc_auc(labels, probs) == 1.0
+    assert 0.5 < probs[-1] < 0.99 and probs[:-1].max() < 0.5

@@ -322,9 +322,12 @@ def inspect_logs(path: Path) -> Inspection:
             continue
         guess = _feature(column, series, frame.height, column == user)
         if guess is None:
-            result.skipped.append(
-                f"{column}: one value per row (an id of the impression?) or constant"
+            why = (
+                "the same value on every sampled row"
+                if series.n_unique() <= 1
+                else "a different value on every row (an impression id?)"
             )
+            result.skipped.append(f"{column}: {why}")
             continue
         if "kind: sparse" in guess.yaml:
             sparse.append(column)

@@ -226,6 +226,12 @@ def platt_scaling(
     convex problem. The scale is what corrects an over-confident model (one
     whose logits are too large), the bias a wrong base rate.
 
+    The targets are Platt's smoothed labels, (N+ + 1) / (N+ + 2) for clicks
+    and 1 / (N- + 2) for the rest, rather than 1 and 0: on rows the logits
+    separate perfectly (a small validation split) the plain fit has no
+    minimum and the scale runs off to thousands; smoothed, it stays finite,
+    while on a split of thousands of rows the change is below 1e-3.
+
     Example:
         >>> rng = np.random.default_rng(0)
         >>> z = rng.normal(size=100_000)
@@ -241,7 +247,9 @@ def platt_scaling(
     _check_no_nan(z, "logits")
     if labels.min() == labels.max():
         raise ValueError(f"labels are all {int(labels[0])}; scaling needs both classes")
-    y = labels.astype(np.float64)
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    y = np.where(labels == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
 
     def loss(scale: float, bias: float) -> float:
         # log(1 + e^x) - y x, stable for large |x|.
