@@ -377,6 +377,13 @@ class TrainConfig(Frozen):
         "unchanged, logloss and calibration improve; without a validation "
         "split nothing is fitted",
     )
+    batch_norm_refresh: Annotated[int, Field(ge=0)] = Field(
+        default=20,
+        description="before each evaluation, batch norm running statistics are "
+        "measured again on this many training batches with the weights as they "
+        "are then (the running averages of training trail weights that moved); "
+        "0: keep the running averages",
+    )
     log_every: Annotated[int, Field(ge=1)] = 50
     checkpoint_every: Annotated[int, Field(ge=0)] = Field(
         default=0, description="steps between checkpoints; 0: at each epoch's end"

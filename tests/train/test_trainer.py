@@ -262,6 +262,7 @@ def test_init_from_grows_tables_and_keeps_trained_rows(tmp_path, logs):
     assert torch.equal(
         dict(second.model.named_parameters())["deep.1.weight"], old_dense
     )
+    _assert_optimizers_continued(second, old, config, tmp_path / "a")
     result = second.fit()
     assert result.metrics["test"]["auc"] > 0.6
     # The same id still means the same item: old ids kept their numbers.
@@ -271,6 +272,95 @@ def test_init_from_grows_tables_and_keeps_trained_rows(tmp_path, logs):
         grown.tables["item"].transform(items),
         old.encoders.tables["item"].transform(items),
     )
+
+
+def _assert_optimizers_continued(trainer, old, config, old_run):
+    """The new optimizers hold the old run's last checkpoint state: dense
+    moments as they were, each embedding row's moments at its id's new row,
+    zeros for rows of new ids."""
+    from likely.models.inputs import _TableGroup
+    from likely.train.checkpoint import latest_checkpoint, load_checkpoint
+    from likely.train.trainer import build_optimizers
+
+    saved = build_optimizers(old.model, config)
+    load_checkpoint(latest_checkpoint(old_run), model=old.model, optimizers=saved)
+    old_params = dict(old.model.named_parameters())
+    new_params = dict(trainer.model.named_parameters())
+    dense = saved["dense"].state[old_params["deep.1.weight"]]
+    carried = trainer.optimizers["dense"].state[new_params["deep.1.weight"]]
+    assert float(carried["step"]) == float(dense["step"]) > 0
+    assert torch.equal(carried["exp_avg_sq"], dense["exp_avg_sq"])
+    for name, group in trainer.model.named_modules():
+        if not isinstance(group, _TableGroup):
+            continue
+        before = dict(old.model.named_modules())[name]
+        key = f"{name}.embedding.weight"
+        old_state = saved["embedding"].state[old_params[key]]
+        new_state = trainer.optimizers["embedding"].state[new_params[key]]
+        assert new_state["step"] == old_state["step"] > 0
+        for table, (start, rows) in before.table_rows.items():
+            new_start, new_rows = group.table_rows[table]
+            for moment in ("exp_avg", "exp_avg_sq"):
+                kept = new_state[moment][new_start : new_start + rows]
+                assert torch.equal(kept, old_state[moment][start : start + rows])
+                added = new_state[moment][new_start + rows : new_start + new_rows]
+                assert not added.any(), (table, moment)
+
+
+def test_init_from_a_run_without_checkpoints_starts_optimizers_afresh(
+    tmp_path, logs, caplog
+):
+    import shutil
+
+    config = load_config(
+        write_config(tmp_path, logs, {"name": "fm"}, epochs=1, batch_size=512)
+    )
+    prepared = prepare(config, parse_date(TARGET))
+    Trainer(config, prepared, tmp_path / "a").fit()
+    shutil.rmtree(tmp_path / "a" / "checkpoints")
+    with caplog.at_level("WARNING"):
+        second = Trainer(config, prepared, tmp_path / "b", init_from=tmp_path / "a")
+    assert "optimizers start afresh" in caplog.text
+    assert "has no checkpoint" in caplog.text
+    assert all(not opt.state for opt in second.optimizers.values())
+
+
+def test_batch_norm_statistics_are_measured_again_before_evaluation(tmp_path, logs):
+    from likely.data.batches import BatchIterator
+
+    model = {"name": "wide_resnet", "width": 32, "num_blocks": 1, "dropout": 0.5}
+    config = load_config(
+        write_config(tmp_path, logs, model, epochs=1, batch_norm_refresh=3)
+    )
+    trainer = Trainer(config, prepare(config, parse_date(TARGET)), tmp_path / "run")
+    norm = next(
+        m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm1d)
+    )
+    seen: list[torch.Tensor] = []
+    hook = norm.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    trainer._refresh_batch_norm(epoch=0)
+    hook.remove()
+    assert len(seen) == 3 and trainer.model.training  # mode restored
+    assert norm.momentum == 0.1  # restored too
+    # A plain average of the three batches' statistics, dropout off.
+    means = torch.stack([x.mean(dim=0) for x in seen])
+    variances = torch.stack([x.var(dim=0) for x in seen])
+    torch.testing.assert_close(norm.running_mean, means.mean(dim=0))
+    torch.testing.assert_close(norm.running_var, variances.mean(dim=0))
+    # The epoch's first batches, through the network as evaluation runs it.
+    first = next(iter(BatchIterator(trainer.train_split, 256, seed=0).batches(0)))
+    evaluated: list[torch.Tensor] = []
+    hook = norm.register_forward_hook(lambda m, args, out: evaluated.append(args[0]))
+    trainer.model.eval()
+    with torch.no_grad():
+        trainer.model(first.sparse, first.dense, first.sequence, first.cross)
+    hook.remove()
+    trainer.model.train()
+    torch.testing.assert_close(seen[0], evaluated[0])
+    # The same weights give the same statistics: nothing random is drawn.
+    again = norm.running_mean.clone()
+    trainer._refresh_batch_norm(epoch=0)
+    assert torch.equal(norm.running_mean, again)
 
 
 def test_growth_refuses_a_shrunk_table(tmp_path):

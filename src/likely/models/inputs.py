@@ -379,6 +379,63 @@ class WideLinear(nn.Module):
         return logits
 
 
+@dataclass(frozen=True)
+class RowMap:
+    """Where a trained model's embedding rows lie in one built for grown
+    vocabularies: for each grouped embedding weight (by state-dict name), the
+    rows in the new weight and the rows of the same ids in the old one."""
+
+    rows: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name: (new (R,), old (R,))
+    new_ids: dict[str, int]  # table: how many ids the new model adds
+
+    @classmethod
+    def between(cls, new: nn.Module, old: nn.Module) -> RowMap:
+        """Raises ValueError: a table shrank, or `old` lacks a group of `new`."""
+        old_groups = {
+            n: m for n, m in old.named_modules() if isinstance(m, _TableGroup)
+        }
+        rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        new_ids: dict[str, int] = {}
+        for name, group in new.named_modules():
+            if not isinstance(group, _TableGroup):
+                continue
+            before = old_groups.get(name)
+            if before is None:
+                raise ValueError(f"the trained model has no embedding group '{name}'")
+            new_rows, old_rows = [], []
+            for table, (start, count) in group.table_rows.items():
+                old_start, old_count = before.table_rows[table]
+                if count < old_count:
+                    raise ValueError(
+                        f"table '{table}' shrank from {old_count} to {count} rows; "
+                        "extend the encoders instead of refitting them"
+                    )
+                new_rows.append(torch.arange(start, start + old_count))
+                old_rows.append(torch.arange(old_start, old_start + old_count))
+                new_ids[table] = max(new_ids.get(table, 0), count - old_count)
+            key = f"{name}.embedding.weight" if name else "embedding.weight"
+            rows[key] = (torch.cat(new_rows), torch.cat(old_rows))
+        return cls(rows, new_ids)
+
+    def place(self, key: str, old: torch.Tensor, new: torch.Tensor) -> None:
+        """Copy `old`, a tensor of the old model's weight `key` or shaped like
+        it, into `new`: row by row where `key` is a grouped embedding weight
+        (other rows of `new` are left as they are), else whole.
+
+        Raises ValueError: the shapes do not fit.
+        """
+        if key in self.rows:
+            new_rows, old_rows = self.rows[key]
+            new[new_rows.to(new.device)] = old[old_rows.to(old.device)].to(new.device)
+            return
+        if old.shape != new.shape:
+            raise ValueError(
+                f"'{key}' has shape {tuple(old.shape)} in the trained "
+                f"model but {tuple(new.shape)} in the new one"
+            )
+        new.copy_(old)
+
+
 @torch.no_grad()
 def grow_into(new: nn.Module, old: nn.Module) -> dict[str, int]:
     """Copy a trained model into one built for grown vocabularies.
@@ -391,36 +448,10 @@ def grow_into(new: nn.Module, old: nn.Module) -> dict[str, int]:
     Raises:
         ValueError: a table shrank, or a non-embedding tensor changed shape.
     """
-    old_groups = {n: m for n, m in old.named_modules() if isinstance(m, _TableGroup)}
-    grown: dict[str, int] = {}
-    skip: set[str] = set()
-    for name, group in new.named_modules():
-        if not isinstance(group, _TableGroup):
-            continue
-        before = old_groups.get(name)
-        if before is None:
-            raise ValueError(f"the trained model has no embedding group '{name}'")
-        for table, (start, rows) in group.table_rows.items():
-            old_start, old_rows = before.table_rows[table]
-            if rows < old_rows:
-                raise ValueError(
-                    f"table '{table}' shrank from {old_rows} to {rows} rows; "
-                    "extend the encoders instead of refitting them"
-                )
-            source = before.embedding.weight[old_start : old_start + old_rows]
-            group.embedding.weight[start : start + old_rows] = source
-            grown[table] = max(grown.get(table, 0), rows - old_rows)
-        skip.add(f"{name}.embedding.weight" if name else "embedding.weight")
+    row_map = RowMap.between(new, old)
     old_state = old.state_dict()
     for key, value in new.state_dict().items():
-        if key in skip:
-            continue
         if key not in old_state:
             raise ValueError(f"the trained model has no '{key}'")
-        if old_state[key].shape != value.shape:
-            raise ValueError(
-                f"'{key}' has shape {tuple(old_state[key].shape)} in the trained "
-                f"model but {tuple(value.shape)} in the new one"
-            )
-        value.copy_(old_state[key])
-    return grown
+        row_map.place(key, old_state[key], value)
+    return row_map.new_ids
