@@ -307,22 +307,31 @@ def _assert_optimizers_continued(trainer, old, config, old_run):
                 assert not added.any(), (table, moment)
 
 
-def test_init_from_a_run_without_checkpoints_starts_optimizers_afresh(
-    tmp_path, logs, caplog
+@pytest.mark.parametrize("damage", ["removed", "corrupt"])
+def test_init_from_without_a_readable_checkpoint_starts_optimizers_afresh(
+    tmp_path, logs, caplog, damage
 ):
     import shutil
+
+    from likely.train.checkpoint import latest_checkpoint
 
     config = load_config(
         write_config(tmp_path, logs, {"name": "fm"}, epochs=1, batch_size=512)
     )
     prepared = prepare(config, parse_date(TARGET))
     Trainer(config, prepared, tmp_path / "a").fit()
-    shutil.rmtree(tmp_path / "a" / "checkpoints")
+    if damage == "removed":
+        shutil.rmtree(tmp_path / "a" / "checkpoints")
+    else:
+        state = latest_checkpoint(tmp_path / "a") / "optimizer-dense.safetensors"
+        state.write_bytes(state.read_bytes()[:-8] + b"garbage!")
     with caplog.at_level("WARNING"):
         second = Trainer(config, prepared, tmp_path / "b", init_from=tmp_path / "a")
     assert "optimizers start afresh" in caplog.text
-    assert "has no checkpoint" in caplog.text
+    expected = "has no checkpoint" if damage == "removed" else "sha256"
+    assert expected in caplog.text
     assert all(not opt.state for opt in second.optimizers.values())
+    assert second.fit().metrics["test"]["auc"] > 0.5  # it trains all the same
 
 
 def test_batch_norm_statistics_are_measured_again_before_evaluation(tmp_path, logs):
