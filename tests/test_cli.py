@@ -117,6 +117,8 @@ def test_generate_then_prepare_the_shipped_synthetic_config(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "--target-date 2026-11-08" in result.output
+    # Not where the shipped config reads: the user is told what to change.
+    assert "set its data.path to" in " ".join(result.output.split())
     shipped = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
     config = tmp_path / "configs" / "synthetic.yaml"
     config.parent.mkdir()

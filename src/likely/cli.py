@@ -271,6 +271,11 @@ def generate(
         f"next: likely prepare --config configs/synthetic.yaml "
         f"--target-date {summary.days[-1]}"
     )
+    if Path(summary.out_dir).resolve() != Path("data/synthetic").resolve():
+        out.print(
+            "configs/synthetic.yaml reads data/synthetic (beside configs/); "
+            f"set its data.path to {Path(summary.out_dir).resolve()} for these logs"
+        )
 
 
 @app.command()
