@@ -102,8 +102,17 @@ class RankingObjective:
 
     def calibrate(self, model: nn.Module, prepared: Prepared) -> dict[str, float]:
         """Platt scaling of the logits on the validation split (see
-        `train.calibrate`); nothing without that split."""
+        `train.calibrate`); nothing without that split, so a model continued
+        from a calibrated run (`init_from`) keeps that run's scale and bias."""
         if not self.config.train.calibrate or "valid" not in prepared.splits:
+            scale, bias = float(model.logit_scale), float(model.logit_bias)
+            if (scale, bias) != (1.0, 0.0):
+                logger.info(
+                    "no validation split to calibrate on: kept the scale %.4f "
+                    "and bias %.4f of the run this one continues",
+                    scale,
+                    bias,
+                )
             return {}
         folder = prepared.folder / "valid"
         model.set_calibration(1.0, 0.0)
