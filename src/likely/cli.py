@@ -368,7 +368,8 @@ def train(
         typer.Option(
             help="Continue from a finished run on a newer window: its encoders "
             "are extended with the new ids and its tables grown; old rows keep "
-            "their trained values. The run's config is used."
+            "their trained values, and its optimizers their state. The run's "
+            "config is used."
         ),
     ] = None,
     nproc: Annotated[
