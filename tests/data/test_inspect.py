@@ -31,6 +31,11 @@ def test_frappe(tmp_path, shared_data):
     assert set(kinds(config).values()) == {"sparse"} and len(config.features) == 10
     text = path.read_text()
     assert "# label: named 'label' and holds only 0 and 1" in text
+    # A small file with a holdout trains several epochs, the holdout picking one.
+    assert config.train.epochs == 10 and config.train.early_stopping_patience == 2
+    train = text[text.index("train:") : text.index("embedding_dim:")]
+    assert "57,722 rows in all, too few for one pass" in " ".join(train.split())
+    assert max(len(line) for line in train.splitlines()) <= 80
     prepared = prepare(config)
     assert prepared.manifest["rows_read"] == 57_722
 
@@ -104,6 +109,8 @@ def test_dated_parquet_with_sequences_and_skewed_floats(tmp_path):
     inspection = inspect_logs(tmp_path / "logs")
     path, config = write_and_load(inspection, tmp_path)
     assert config.data.label == "clicked" and config.data.date_column == "day"
+    # Day windows have no holdout to pick an epoch with: the default one pass.
+    assert config.train.epochs == 1 and "train:" not in path.read_text()
     assert config.data.user_column == "user_id"
     by_name = {f.name: f for f in config.features}
     assert "impression_id" not in by_name

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from likely.data.readers import (
 )
 
 SAMPLE_ROWS = 200_000
+SMALL_FILE_EPOCHS = 10  # for logs of fewer than SAMPLE_ROWS rows, with a holdout
 LABEL_NAMES = ("label", "click", "clicked", "is_click", "target", "y")
 DATE_NAMES = ("day", "date", "dt", "ds", "event_date", "partition_date")
 USER_NAMES = ("user_id", "user", "uid", "userid", "member_id", "customer_id")
@@ -82,6 +84,8 @@ class Inspection:
     features: list[Guess] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     rows_sampled: int = 0
+    train: dict[str, object] = field(default_factory=dict)
+    train_notes: list[str] = field(default_factory=list)
 
 
 def _sniff_format(path: Path) -> tuple[LogFormat, bool, str | None]:
@@ -292,6 +296,15 @@ def inspect_logs(path: Path) -> Inspection:
         result.data["window_days"] = 7
     else:
         result.data["holdout_fraction"] = 0.1
+        if whole_file:
+            # One pass over a small file teaches an embedding row little; the
+            # holdout can pick the epoch instead.
+            result.train["epochs"] = SMALL_FILE_EPOCHS
+            result.train_notes.append(
+                f"{frame.height:,} rows in all, too few for one pass: the holdout "
+                f"picks the best of up to {SMALL_FILE_EPOCHS} epochs (training "
+                "stops after 2 without a gain in AUC)"
+            )
     user, why = _find_user(frame, {label, date or ""})
     result.data_notes.append(f"user_column: {why}")
     if user:
@@ -411,6 +424,11 @@ def render_config(inspection: Inspection, out: Path) -> str:
         if key == "separator":
             shown = f"'{value}'" if value != "\t" else '"\\t"'
         lines.append(f"  {key}: {shown}")
+    if inspection.train:
+        lines.append("train:")
+        for note in inspection.train_notes:
+            lines += [f"  # {line}" for line in textwrap.wrap(note, 76)]
+        lines += [f"  {key}: {value}" for key, value in inspection.train.items()]
     lines += ["embedding_dim: 16", "features:"]
     for guess in inspection.features:
         lines.append(f"  # {guess.why}")
