@@ -36,8 +36,12 @@ def test_frappe(tmp_path, shared_data):
     train = text[text.index("train:") : text.index("embedding_dim:")]
     assert "57,722 rows in all, too few for one pass" in " ".join(train.split())
     assert max(len(line) for line in train.splitlines()) <= 80
-    prepared = prepare(config)
-    assert prepared.manifest["rows_read"] == 57_722
+    # test.csv beside it has the same header: it becomes the test set.
+    assert config.data.test_path.name == "test.csv"
+    assert "# test_path: 'test.csv' lies beside it with the same columns" in text
+    splits = prepare(config).manifest["splits"]
+    assert splits["train"]["rows"] + splits["valid"]["rows"] == 57_722
+    assert splits["test"]["rows"] == 28_860
 
 
 def test_criteo_sample(tmp_path, shared_data):
@@ -123,6 +127,25 @@ def test_dated_parquet_with_sequences_and_skewed_floats(tmp_path):
     prepared = prepare(config, dt.date(2026, 11, 3), allow_missing_days=True)
     assert prepared.manifest["splits"]["test"]["rows"] == rows
     assert yaml.safe_load(path.read_text())["data"]["window_days"] == 7
+
+
+@pytest.mark.parametrize(
+    ("siblings", "found"),
+    [
+        ({"test.csv": "label,a,b\n1,x,3\n"}, "test.csv"),
+        ({"test.csv": "label,a,c\n1,x,3\n"}, None),  # other columns
+        ({"test.csv": "label,a,b\n", "test_2.csv": "label,a,b\n"}, None),  # which?
+        ({"test.tsv": "label\ta\tb\n"}, None),  # another format
+        ({}, None),
+    ],
+)
+def test_a_test_file_beside_the_logs_becomes_test_path(tmp_path, siblings, found):
+    rows = "".join(f"{k % 2},{'xyz'[k % 3]},{k}\n" for k in range(60))
+    (tmp_path / "train.csv").write_text("label,a,b\n" + rows)
+    for name, text in siblings.items():
+        (tmp_path / name).write_text(text)
+    inspection = inspect_logs(tmp_path / "train.csv")
+    assert (inspection.test_path and inspection.test_path.name) == found
 
 
 def test_no_label_is_a_clear_error(tmp_path):

@@ -86,6 +86,7 @@ class Inspection:
     rows_sampled: int = 0
     train: dict[str, object] = field(default_factory=dict)
     train_notes: list[str] = field(default_factory=list)
+    test_path: Path | None = None
 
 
 def _sniff_format(path: Path) -> tuple[LogFormat, bool, str | None]:
@@ -296,6 +297,12 @@ def inspect_logs(path: Path) -> Inspection:
         result.data["window_days"] = 7
     else:
         result.data["holdout_fraction"] = 0.1
+        result.test_path = _sibling_test_file(path, header, separator)
+        if result.test_path is not None:
+            result.data_notes.append(
+                f"test_path: '{result.test_path.name}' lies beside it with the "
+                "same columns: the test set"
+            )
         if whole_file:
             # One pass over a small file teaches an embedding row little; the
             # holdout can pick the epoch instead.
@@ -407,6 +414,36 @@ def _feature(column: str, series: pl.Series, rows: int, is_user: bool) -> Guess 
     return Guess(head + f"kind: sparse, side: {side}{vocabulary}}}", why)
 
 
+def _sibling_test_file(path: Path, header: bool, separator: str | None) -> Path | None:
+    """A test split published beside a training or validation file (as
+    `valid.csv` and `test.csv`): the one file in the same folder with the same
+    suffix, "test" in its name and the same header (or, without a header, as
+    many fields on its first line)."""
+    if path.is_dir() or "test" in path.stem.lower():
+        return None
+    found = [
+        other
+        for other in path.parent.iterdir()
+        if other != path
+        and other.is_file()
+        and other.suffix == path.suffix
+        and "test" in other.stem.lower()
+    ]
+    if len(found) != 1:
+        return None
+
+    def first_line(file: Path) -> str:
+        with file.open("rb") as handle:
+            return handle.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+
+    mine, theirs = first_line(path), first_line(found[0])
+    if header:
+        return found[0] if mine == theirs else None
+    if separator is None:  # libFM and the like: no fixed columns to compare
+        return None
+    return found[0] if mine.count(separator) == theirs.count(separator) else None
+
+
 def render_config(inspection: Inspection, out: Path) -> str:
     """The YAML text, with a comment on each guess; paths relative to `out`."""
     relative = os.path.relpath(inspection.path.resolve(), out.resolve().parent)
@@ -417,6 +454,9 @@ def render_config(inspection: Inspection, out: Path) -> str:
         "data:",
         f"  path: {relative}  # relative to this file",
     ]
+    if inspection.test_path is not None:
+        test = os.path.relpath(inspection.test_path.resolve(), out.resolve().parent)
+        lines.append(f"  test_path: {test}")
     for note in inspection.data_notes:
         lines.append(f"  # {note}")
     for key, value in inspection.data.items():
