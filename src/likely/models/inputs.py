@@ -437,13 +437,14 @@ class RowMap:
 
 
 @torch.no_grad()
-def grow_into(new: nn.Module, old: nn.Module) -> dict[str, int]:
+def grow_into(new: nn.Module, old: nn.Module) -> RowMap:
     """Copy a trained model into one built for grown vocabularies.
 
     Every parameter and buffer is copied by name. Embedding tables may have
     grown: each table's old rows are copied to the same ids in the new table
     (ids never move when encoders are extended), and the rows of new ids keep
-    their fresh initialisation. Returns the number of new rows per table.
+    their fresh initialisation. Returns the map of old rows to new ones (its
+    `new_ids`: the number of new rows per table).
 
     Raises:
         ValueError: a table shrank, or a non-embedding tensor changed shape.
@@ -454,4 +455,4 @@ def grow_into(new: nn.Module, old: nn.Module) -> dict[str, int]:
         if key not in old_state:
             raise ValueError(f"the trained model has no '{key}'")
         row_map.place(key, old_state[key], value)
-    return row_map.new_ids
+    return row_map

@@ -95,6 +95,7 @@ from likely.train.penalty import EmbeddingPenalty
 from likely.train.sparse_adam import RowSparseAdam
 
 if TYPE_CHECKING:
+    from likely.models.inputs import RowMap
     from likely.train.predict import LoadedRun
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -136,6 +137,22 @@ def pick_device(name: str) -> torch.device:
 
 def _embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+
+
+def _carried(
+    value: Any, old: nn.Parameter, new: nn.Parameter, name: str, row_map: RowMap
+) -> Any:
+    """One entry of the optimizer state of parameter `name`, from `old` to
+    `new`: tensors that mirror the parameter (moments, sums) move row by row
+    as its weights did, zeros for new rows; the rest (the step count, kept
+    where the optimizer keeps it) is copied as it is."""
+    if not torch.is_tensor(value):
+        return value
+    if value.dim() == 0 or value.shape != old.shape:
+        return value.clone()
+    grown = torch.zeros_like(new)
+    row_map.place(name, value, grown)
+    return grown
 
 
 def build_optimizers(
@@ -275,7 +292,7 @@ class Trainer:
             self.device
         )
         self.init_from = init_from
-        previous = self._grow_from(init_from) if init_from is not None else None
+        grown = self._grow_from(init_from) if init_from is not None else None
         if train.compile:
             compile_dense_parts(self.model)
         # DistributedDataParallel averages gradients across ranks; the plain
@@ -284,8 +301,8 @@ class Trainer:
         if self.world.distributed:
             self.forward_model = DistributedDataParallel(self.model)
         self.optimizers = build_optimizers(self.model, config)
-        if previous is not None:
-            self._continue_optimizers(previous)
+        if grown is not None:
+            self._continue_optimizers(*grown)
         self.embedding_penalty = EmbeddingPenalty(self.model, train.embedding_l2)
         self.base_rates = {
             name: [g["lr"] for g in opt.param_groups]
@@ -340,7 +357,8 @@ class Trainer:
             self.precision,
         )
 
-    def _grow_from(self, run_dir: Path) -> LoadedRun:
+    def _grow_from(self, run_dir: Path) -> tuple[LoadedRun, RowMap]:
+        """Copy a finished run's weights in; that run, and where its rows went."""
         from likely.models.inputs import grow_into
         from likely.train.predict import load_run
 
@@ -351,15 +369,15 @@ class Trainer:
                     f"the prepared window's table '{table}' is smaller than in "
                     f"{run_dir}; prepare it with that run's encoders extended"
                 )
-        grown = grow_into(self.model, previous.model.to(self.device))
+        row_map = grow_into(self.model, previous.model.to(self.device))
         logger.info(
             "continuing from %s; new rows per table: %s",
             run_dir,
-            {t: n for t, n in grown.items() if n} or "none",
+            {t: n for t, n in row_map.new_ids.items() if n} or "none",
         )
-        return previous
+        return previous, row_map
 
-    def _continue_optimizers(self, previous: LoadedRun) -> None:
+    def _continue_optimizers(self, previous: LoadedRun, row_map: RowMap) -> None:
         """Take over the optimizer state of the run this one continues from.
 
         An update is more training of the same model, so it keeps the Adam
@@ -373,8 +391,6 @@ class Trainer:
         another embedding optimizer configured, they start afresh, with a
         warning: the weights are what matters most, and they are in place.
         """
-        from likely.models.inputs import RowMap
-
         checkpoint = latest_checkpoint(previous.run_dir)
         before = previous.config.train.embedding_optimizer
         if checkpoint is None or before != self.config.train.embedding_optimizer:
@@ -397,27 +413,19 @@ class Trainer:
         except CheckpointError as error:
             logger.warning("optimizers start afresh: %s", error)
             return
-        row_map = RowMap.between(self.model, previous.model)
         old_params = dict(previous.model.named_parameters())
         names = {id(p): n for n, p in self.model.named_parameters()}
         for label, optimizer in self.optimizers.items():
             old_state = old_optimizers[label].state
-            for group in optimizer.param_groups:
-                for param in group["params"]:
-                    name = names[id(param)]
-                    old_param = old_params[name]
-                    if not old_state.get(old_param):
-                        continue  # never stepped: as the new optimizer made it
-                    state = {}
-                    for key, value in old_state[old_param].items():
-                        if torch.is_tensor(value) and value.shape == old_param.shape:
-                            grown = torch.zeros_like(param)
-                            row_map.place(name, value, grown)
-                            value = grown
-                        elif torch.is_tensor(value):
-                            value = value.clone()
-                        state[key] = value
-                    optimizer.state[param] = state
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            for param in params:
+                name = names[id(param)]
+                old = old_params[name]
+                if old_state.get(old):  # else never stepped: as the new one made it
+                    optimizer.state[param] = {
+                        key: _carried(value, old, param, name, row_map)
+                        for key, value in old_state[old].items()
+                    }
         logger.info("optimizer state continued from %s", checkpoint)
 
     def _resume(self) -> None:
