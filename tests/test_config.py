@@ -270,6 +270,8 @@ def test_fingerprint_ignores_the_model():
         ({"schedule": "step"}, "train.schedule", "'cosine'"),
         ({"learning_rate": 0}, "train.learning_rate", "greater than 0"),
         ({"device": "tpu"}, "train.device", "'cuda'"),
+        ({"batch_norm_refresh": -1}, "train.batch_norm_refresh", "greater than or"),
+        ({"batch_norm_refresh": "all"}, "train.batch_norm_refresh", "integer"),
         ({"epoch": 3}, "train.epoch", "Extra inputs"),
     ],
 )
